@@ -1,0 +1,138 @@
+"""Python API: revert a domain and follow it.
+
+    from tasks.api import revert
+    handle = revert("web1", "golden", host="hv3", allow_respawn=True)
+    record = handle.wait(timeout=300)   # same fields as `virt-revert revert --json`
+
+Refusals the client can decide alone (bad request, unknown or offline host)
+are recorded like any other outcome, so `status` and `wait` see them too.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Iterator
+
+from celery import Celery
+
+from tasks import config as config_mod
+from tasks.canvas import revert_chain
+from tasks.errors import ErrorCode, Refusal
+from tasks.model import RevertRecord, RevertRequest, RevertState, finished_entry, fold, requested_entry
+from tasks.store import Store
+
+END_STATES = ("running", "paused", "stopped")
+
+
+@dataclass
+class Cluster:
+    """Where the cluster lives: its configuration, Celery app and Redis store."""
+
+    config: config_mod.Config
+
+    @cached_property
+    def app(self) -> Celery:
+        from tasks.app import make_app
+
+        return make_app(self.config)
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.config.redis_url, self.config.record_ttl)
+
+    def resolve_host(self, host: str | None) -> str:
+        """The host to send to, or a refusal naming the candidates."""
+        live = self.store.live_hosts()
+        if host:
+            if host in live:
+                return host
+            if host in self.store.known_hosts():
+                raise Refusal(ErrorCode.HOST_OFFLINE, f"host '{host}' has no live worker "
+                                                      f"(no heartbeat for {self.config.heartbeat_ttl} s)")
+            raise Refusal(ErrorCode.HOST_UNKNOWN, f"host '{host}' is unknown; live hosts: "
+                                                  f"{', '.join(sorted(live)) or 'none'}")
+        if self.config.default_host:
+            return self.resolve_host(self.config.default_host)
+        if len(live) == 1:
+            return next(iter(live))
+        raise Refusal(ErrorCode.HOST_UNKNOWN, "no --host given and "
+                      + (f"several hosts are live ({', '.join(sorted(live))})" if live else "no host is live"))
+
+
+_default_cluster: Cluster | None = None
+
+
+def default_cluster() -> Cluster:
+    """The cluster described by the environment and config file, built once per process."""
+    global _default_cluster
+    if _default_cluster is None:
+        _default_cluster = Cluster(config_mod.load())
+    return _default_cluster
+
+
+class RevertHandle:
+    """A revert in flight or finished; cheap to create from an id."""
+
+    def __init__(self, revert_id: str, cluster: Cluster | None = None):
+        self.id = revert_id
+        self.cluster = cluster or default_cluster()
+
+    def __repr__(self) -> str:
+        return f"<RevertHandle {self.id}>"
+
+    def record(self) -> dict[str, Any]:
+        return self.cluster.store.record(self.id).to_dict()
+
+    def follow(self, timeout: float | None = None) -> Iterator[RevertRecord]:
+        """Yield the record after every change, until it finishes or `timeout` passes."""
+        entries: list[dict[str, Any]] = []
+        for entry in self.cluster.store.follow(self.id, timeout):
+            entries.append(entry)
+            yield fold(self.id, entries)
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the revert finishes; TimeoutError if it has not within `timeout` seconds."""
+        for record in self.follow(timeout):
+            if record.state.finished:
+                return record.to_dict()
+        raise TimeoutError(f"revert {self.id} not finished after {timeout} s; "
+                           f"follow it with `virt-revert status {self.id}`")
+
+
+def revert(domain: str, snapshot: str, host: str | None = None, *, end_state: str | None = None,
+           allow_respawn: bool = False, force: bool = False, cold_boot: bool = False,
+           safety_snapshot: bool = True, safety_memory: bool = False,
+           cluster: Cluster | None = None) -> RevertHandle:
+    """Send a revert to the domain's host and return at once with its handle."""
+    cluster = cluster or default_cluster()
+    request = RevertRequest(domain=domain, snapshot=snapshot, host=host or "", end_state=end_state,
+                            allow_respawn=allow_respawn, force=force, cold_boot=cold_boot,
+                            safety_snapshot=safety_snapshot, safety_memory=safety_memory)
+    try:
+        _check_request(request)
+        request = RevertRequest.from_dict({**request.to_dict(), "host": cluster.resolve_host(host)})
+    except Refusal as refusal:
+        now = time.time()
+        cluster.store.append(request.revert_id, requested_entry(request, now))
+        cluster.store.append(request.revert_id, finished_entry(RevertState.REFUSED, now, error=refusal.to_dict()))
+        return RevertHandle(request.revert_id, cluster)
+    cluster.store.append(request.revert_id, requested_entry(request, time.time()))
+    revert_chain(cluster.app, request).apply_async()
+    return RevertHandle(request.revert_id, cluster)
+
+
+def status(revert_id: str, cluster: Cluster | None = None) -> dict[str, Any] | None:
+    """The revert's record, or None when Redis holds nothing under that id."""
+    cluster = cluster or default_cluster()
+    if not cluster.store.exists(revert_id):
+        return None
+    return cluster.store.record(revert_id).to_dict()
+
+
+def _check_request(request: RevertRequest) -> None:
+    if not request.domain or not request.snapshot:
+        raise Refusal(ErrorCode.INVALID_REQUEST, "a revert needs a domain and a snapshot name")
+    if request.end_state not in (None, *END_STATES):
+        raise Refusal(ErrorCode.INVALID_REQUEST, f"end state '{request.end_state}' is not one of "
+                                                 f"{', '.join(END_STATES)}")

@@ -1,0 +1,186 @@
+"""`virt-revert`: a virsh-like command line over the Python API.
+
+Exit statuses are stable (:class:`ExitStatus`); `--json` prints exactly one
+object (the revert record) on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from enum import IntEnum, unique
+from typing import Any, Sequence, TextIO
+
+from tasks import api
+from tasks.model import RevertState
+
+
+@unique
+class ExitStatus(IntEnum):
+    """Only ever added to: scripts depend on these."""
+
+    SUCCESS = 0
+    FAILURE = 1
+    REFUSED = 2
+    PARTIAL = 3
+    INTERRUPTED = 130
+
+
+EXIT_FOR_STATE = {
+    RevertState.SUCCEEDED: ExitStatus.SUCCESS,
+    RevertState.REFUSED: ExitStatus.REFUSED,
+    RevertState.FAILED: ExitStatus.FAILURE,
+    RevertState.PENDING: ExitStatus.SUCCESS,
+    RevertState.RUNNING: ExitStatus.SUCCESS,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="virt-revert", description="Revert libvirt domains to external snapshots.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("revert", help="revert one domain to a snapshot")
+    r.add_argument("domain", help="domain name or UUID")
+    r.add_argument("snapshot", help="snapshot name, or 'current'")
+    r.add_argument("--host", help="host running the domain (default: the only live host, or default_host)")
+    state = r.add_mutually_exclusive_group()
+    for flag in api.END_STATES:
+        state.add_argument(f"--{flag}", dest="end_state", action="store_const", const=flag,
+                           help=f"end {flag} whatever the snapshot's state")
+    r.add_argument("--allow-respawn", action="store_true", help="allow replacing a running QEMU process")
+    r.add_argument("--force", action="store_true",
+                   help="use the domain's current definition when the snapshot has none")
+    r.add_argument("--cold-boot", action="store_true", help="boot the reverted disks when there is no memory image")
+    r.add_argument("--no-safety-snapshot", dest="safety_snapshot", action="store_false",
+                   help="do not snapshot the pre-revert state first")
+    r.add_argument("--safety-memory", action="store_true", help="include memory in the safety snapshot")
+    r.add_argument("--no-wait", dest="wait", action="store_false", help="print the revert id and return")
+    r.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds")
+    r.add_argument("--json", action="store_true", help="print the revert record as JSON")
+
+    s = sub.add_parser("status", help="show a revert's record")
+    s.add_argument("revert_id")
+    s.add_argument("--json", action="store_true")
+
+    h = sub.add_parser("hosts", help="list hosts with a live worker")
+    h.add_argument("--json", action="store_true")
+
+    w = sub.add_parser("worker", help="run the worker of one host (needs the [worker] extra)")
+    w.add_argument("--host", required=True, help="this host's name; the worker consumes queue host.NAME")
+    w.add_argument("--uri", default="qemu:///system", help="libvirt URI of this host's libvirtd")
+    w.add_argument("--concurrency", type=int, default=4, help="steps run at once (threads)")
+    w.add_argument("--loglevel", default="INFO")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args))
+    except KeyboardInterrupt:
+        return ExitStatus.INTERRUPTED
+
+
+def cmd_revert(args: argparse.Namespace) -> ExitStatus:
+    handle = api.revert(args.domain, args.snapshot, args.host, end_state=args.end_state,
+                        allow_respawn=args.allow_respawn, force=args.force, cold_boot=args.cold_boot,
+                        safety_snapshot=args.safety_snapshot, safety_memory=args.safety_memory)
+    if not args.wait:
+        record = handle.record()
+        print(json.dumps(record) if args.json else handle.id)
+        return EXIT_FOR_STATE[RevertState(record["state"])]
+    out = None if args.json else sys.stdout
+    record = None
+    try:
+        printed: set[str] = set()
+        for current in handle.follow(args.timeout):
+            record = current.to_dict()
+            if out is not None:
+                _print_progress(record, printed, out)
+    except KeyboardInterrupt:
+        print(f"\nrevert {handle.id} goes on; follow it with `virt-revert status {handle.id}`", file=sys.stderr)
+        return ExitStatus.INTERRUPTED
+    record = record or handle.record()
+    if not RevertState(record["state"]).finished:
+        print(f"revert {handle.id} not finished after {args.timeout} s; "
+              f"follow it with `virt-revert status {handle.id}`", file=sys.stderr)
+        return ExitStatus.FAILURE
+    if args.json:
+        print(json.dumps(record))
+    else:
+        _print_outcome(record, sys.stdout)
+    return EXIT_FOR_STATE[RevertState(record["state"])]
+
+
+def cmd_status(args: argparse.Namespace) -> ExitStatus:
+    record = api.status(args.revert_id)
+    if record is None:
+        print(f"error: no revert '{args.revert_id}' is recorded (records are kept for a week)", file=sys.stderr)
+        return ExitStatus.FAILURE
+    if args.json:
+        print(json.dumps(record))
+    else:
+        printed: set[str] = set()
+        _print_progress(record, printed, sys.stdout)
+        _print_outcome(record, sys.stdout)
+    return EXIT_FOR_STATE[RevertState(record["state"])]
+
+
+def cmd_hosts(args: argparse.Namespace) -> ExitStatus:
+    live = api.default_cluster().store.live_hosts()
+    if args.json:
+        print(json.dumps(live))
+        return ExitStatus.SUCCESS
+    print(f" {'Host':<16} {'libvirt':<9} {'QEMU':<9} URI")
+    print("-" * 60)
+    for name, info in sorted(live.items()):
+        print(f" {name:<16} {info.get('libvirt_version', '?'):<9} {info.get('qemu_version', '?'):<9} {info.get('uri')}")
+    return ExitStatus.SUCCESS
+
+
+def cmd_worker(args: argparse.Namespace) -> ExitStatus:
+    try:
+        from workers.worker import main as worker_main
+    except ImportError as err:
+        print(f"error: the worker needs libvirt-python ({err}); install virt-revert[worker]", file=sys.stderr)
+        return ExitStatus.FAILURE
+    worker_main(args.host, args.uri, args.concurrency, args.loglevel)
+    return ExitStatus.SUCCESS
+
+
+COMMANDS = {"revert": cmd_revert, "status": cmd_status, "hosts": cmd_hosts, "worker": cmd_worker}
+
+
+def _print_progress(record: dict[str, Any], printed: set[str], out: TextIO) -> None:
+    if "header" not in printed and record["domain"]:
+        printed.add("header")
+        print(f"Reverting domain '{record['domain']}' to snapshot '{record['snapshot']}' "
+              f"on host '{record['host'] or '?'}' (revert {record['revert_id']})", file=out)
+    for number, step in enumerate(record["steps"], 1):
+        if step["name"] in printed or step["status"] in ("pending", "started"):
+            continue
+        printed.add(step["name"])
+        took = f"{step['duration_ms']:9.1f} ms" if step["duration_ms"] is not None else ""
+        note = step["detail"].get("reason", "") if step["status"] == "skipped" else ""
+        print(f" [{number}/{len(record['steps'])}] {step['name']:<18} {step['status']:<9} {took}  {note}".rstrip(),
+              file=out)
+    out.flush()
+
+
+def _print_outcome(record: dict[str, Any], out: TextIO) -> None:
+    state = record["state"]
+    if state == "succeeded":
+        print(f"Domain '{record['domain']}' reverted to '{record['snapshot']}': now {record['end_state']}.", file=out)
+        if record["safety_snapshot"]:
+            print(f"Pre-revert state kept as snapshot '{record['safety_snapshot']}'.", file=out)
+    elif record["error"]:
+        error = record["error"]
+        print(f"error: {state}: {error['code']}: {error['message']}", file=out)
+        if error.get("hint"):
+            print(f"hint: {error['hint']}", file=out)
+    else:
+        print(f"revert {record['revert_id']} is {state}", file=out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""One libvirt connection per worker process, and libvirt errors mapped to codes in one place.
+
+The default event loop is registered before the connection opens and runs
+on a named daemon thread; keepalive and a close callback make a dead
+libvirtd noticed, and the next step reconnects.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import libvirt
+
+from tasks.errors import ErrorCode, Refusal, RevertError, StepFailure
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_conn: libvirt.virConnect | None = None
+_loop_started = False
+
+
+def _ignore_errors(_ctx, _err) -> None:
+    """libvirt prints every error to stderr by default; we raise and log them instead."""
+
+
+def _start_event_loop() -> None:
+    global _loop_started
+    if _loop_started:
+        return
+    libvirt.registerErrorHandler(_ignore_errors, None)
+    libvirt.virEventRegisterDefaultImpl()
+
+    def run() -> None:
+        while True:
+            libvirt.virEventRunDefaultImpl()
+
+    threading.Thread(target=run, name="libvirt-event-loop", daemon=True).start()
+    _loop_started = True
+
+
+def _on_close(conn: libvirt.virConnect, reason: int, _opaque) -> None:
+    global _conn
+    log.warning("libvirt connection closed", extra={"reason": reason})
+    with _lock:
+        if _conn is conn:
+            _conn = None
+
+
+def connection(uri: str) -> libvirt.virConnect:
+    """The process's connection to its host's libvirtd, reopened if it died."""
+    global _conn
+    with _lock:
+        if _conn is not None and _conn.isAlive():
+            return _conn
+        _start_event_loop()
+        conn = libvirt.open(uri)
+        conn.setKeepAlive(5, 3)
+        conn.registerCloseCallback(_on_close, None)
+        _conn = conn
+        return conn
+
+
+def lookup_domain(conn: libvirt.virConnect, name_or_uuid: str) -> libvirt.virDomain:
+    try:
+        return conn.lookupByName(name_or_uuid)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+    try:
+        return conn.lookupByUUIDString(name_or_uuid)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_INVALID_ARG):
+            raise
+    raise Refusal(ErrorCode.DOMAIN_NOT_FOUND, f"domain '{name_or_uuid}' is not defined on this host")
+
+
+def lookup_snapshot(dom: libvirt.virDomain, name: str) -> libvirt.virDomainSnapshot:
+    try:
+        return dom.snapshotCurrent() if name == "current" else dom.snapshotLookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            raise
+    what = "has no current snapshot" if name == "current" else f"has no snapshot '{name}'"
+    raise Refusal(ErrorCode.SNAPSHOT_NOT_FOUND, f"domain '{dom.name()}' {what}")
+
+
+def as_revert_error(err: BaseException, where: str, step: str) -> RevertError:
+    """Map anything a step raised to a RevertError; known codes pass through."""
+    if isinstance(err, RevertError):
+        return err
+    if isinstance(err, libvirt.libvirtError):
+        return StepFailure(ErrorCode.LIBVIRT_ERROR, f"{where}: step {step}: {err.get_error_message()}")
+    return StepFailure(ErrorCode.LIBVIRT_ERROR, f"{where}: step {step}: {type(err).__name__}: {err}")

@@ -1,0 +1,33 @@
+"""Create the revert's new qcow2 overlays, exclusively.
+
+`qemu-img create` silently overwrites an existing file, so the path is first
+claimed with O_CREAT|O_EXCL: if anything is there, nothing is touched.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tasks.errors import ErrorCode, StepFailure
+from workers.plan import DiskPlan
+
+
+def claim(path: str) -> None:
+    """Create `path` empty, failing if it exists: the file is then ours to fill."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise StepFailure(ErrorCode.OVERLAY_EXISTS, f"overlay path '{path}' already exists; nothing was written to it")
+    os.close(fd)
+
+
+def create_overlay(disk: DiskPlan) -> None:
+    """A new qcow2 on `disk.backing` at `disk.overlay`; the backing format is always explicit (-F)."""
+    claim(disk.overlay)
+    cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", disk.backing_format, "-b", disk.backing, disk.overlay]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        os.unlink(disk.overlay)  # ours: claimed above
+        raise StepFailure(ErrorCode.QEMU_IMG_FAILED,
+                          f"qemu-img could not create overlay '{disk.overlay}' on '{disk.backing}': "
+                          f"{result.stderr.strip()}")

@@ -1,0 +1,114 @@
+"""The real stack for integration tests: Redis, a libvirtd host in its own
+mount namespace, a Celery worker process bound to it, counter guests.
+
+Everything started here is stopped at the end by the PIDs started here.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from devstack.hosts import LibvirtHost, fix_kvm_permissions, open_connection
+from devstack.redis import RedisServer
+from devstack.workers import WorkerProcess
+from tasks.api import Cluster
+from tasks.config import Config
+from tests.integration.guests import GuestFactory
+
+HOST = "itest"
+
+
+@pytest.fixture(scope="session")
+def stack_dir():
+    # /var/tmp: every path component must be searchable by libvirt-qemu.
+    path = Path(tempfile.mkdtemp(prefix="virt-revert-it-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def host(stack_dir):
+    fix_kvm_permissions()
+    with LibvirtHost(HOST, stack_dir / HOST) as started:
+        (stack_dir / "outside").mkdir(mode=0o755)
+        yield started
+
+
+@pytest.fixture(scope="session")
+def config(redis_server, host, stack_dir) -> Config:
+    return Config(broker_url=redis_server.url, storage_roots=(str(host.images_dir),),
+                  state_dir=str(stack_dir / "state"), heartbeat_interval=1, heartbeat_ttl=3)
+
+
+def worker_env(config: Config) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRT_REVERT_")}
+    env.update({
+        "VIRT_REVERT_CONFIG": "/nonexistent",
+        "VIRT_REVERT_BROKER_URL": config.broker_url,
+        "VIRT_REVERT_STORAGE_ROOTS": ":".join(config.storage_roots),
+        "VIRT_REVERT_STATE_DIR": config.state_dir,
+        "VIRT_REVERT_HEARTBEAT_INTERVAL": str(config.heartbeat_interval),
+        "VIRT_REVERT_HEARTBEAT_TTL": str(config.heartbeat_ttl),
+    })
+    return env
+
+
+def wait_for_host(cluster: Cluster, name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while name not in cluster.store.live_hosts():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker for host {name} sent no heartbeat in {timeout} s")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def cluster(config) -> Cluster:
+    return Cluster(config)
+
+
+@pytest.fixture(scope="session")
+def worker(config, host, cluster, stack_dir):
+    proc = WorkerProcess(HOST, host.uri, worker_env(config), concurrency=4,
+                         log_path=stack_dir / f"worker-{HOST}.log")
+    with proc:
+        wait_for_host(cluster, HOST)
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def conn(host):
+    connection = open_connection(host.uri)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def guests(conn, host, stack_dir):
+    factory = GuestFactory(conn, Path(host.images_dir))
+    yield factory
+    factory.remove_all()
+
+
+@pytest.fixture
+def revert(cluster, worker):
+    """`tasks.api.revert` bound to this stack, waiting for the result."""
+    from tasks import api
+
+    def run(domain, snapshot, timeout=120, **flags):
+        handle = api.revert(domain, snapshot, HOST, cluster=cluster, **flags)
+        return handle.wait(timeout)
+
+    return run
+

@@ -70,8 +70,8 @@ def run_step(step: str, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _finish(ctx: StepContext, state: RevertState, *, end_state: str | None, error: dict | None = None) -> None:
-    if ctx.done.locked and ctx.plan is not None:
-        locks.release(ctx.store.redis, ctx.plan.domain_uuid, ctx.request.revert_id)
+    if ctx.done.locked_uuid:
+        locks.release(ctx.store.redis, ctx.done.locked_uuid, ctx.request.revert_id)
     ctx.store.append(ctx.request.revert_id, finished_entry(
         state, time.time(), end_state=end_state, created_files=ctx.done.created_files,
         safety_snapshot=ctx.done.safety_snapshot, error=error))

@@ -30,7 +30,7 @@ from workers.snapshot_xml import DomainDef, Snapshot, with_disk_sources
 class Done:
     """What the revert has done so far; travels along the chain as JSON."""
 
-    locked: bool = False
+    locked_uuid: str | None = None  # the domain whose cluster-wide lock this revert holds
     snapshot_xml: str = ""
     restore_xml: str | None = None
     safety_snapshot: str | None = None
@@ -88,7 +88,7 @@ def validate(ctx: StepContext) -> Outcome:
     holder = locks.acquire(ctx.store.redis, facts.uuid, ctx.request.revert_id, ctx.config.lock_ttl)
     if holder is not None:
         raise Refusal(ErrorCode.REVERT_IN_FLIGHT, f"{ctx.where}: domain busy, revert {holder} in flight")
-    ctx.done.locked = True
+    ctx.done.locked_uuid = facts.uuid
     ctx.done.snapshot_xml = snapshot_xml
     ctx.plan = make_plan(ctx.request, snapshot, facts, probe.host_probe(snapshot, facts, ctx.config))
     plan = ctx.plan

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ def redis_server():
 
 
 @pytest.fixture(scope="session")
-def host(stack_dir):
+def host(stack_dir, small_root):  # mounts made after the host's namespace exists stay invisible to it
     fix_kvm_permissions()
     with LibvirtHost(HOST, stack_dir / HOST) as started:
         (stack_dir / "outside").mkdir(mode=0o755)
@@ -47,8 +48,18 @@ def host(stack_dir):
 
 
 @pytest.fixture(scope="session")
-def config(redis_server, host, stack_dir) -> Config:
-    return Config(broker_url=redis_server.url, storage_roots=(str(host.images_dir),),
+def small_root(stack_dir):
+    """A 65 MiB tmpfs storage root: a guest fits, a revert's reserve of 64 MiB free does not."""
+    path = stack_dir / "small"
+    path.mkdir(mode=0o755)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=65m,mode=0755", "tmpfs", str(path)], check=True)
+    yield path
+    subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
+@pytest.fixture(scope="session")
+def config(redis_server, host, stack_dir, small_root) -> Config:
+    return Config(broker_url=redis_server.url, storage_roots=(str(host.images_dir), str(small_root)),
                   state_dir=str(stack_dir / "state"), heartbeat_interval=1, heartbeat_ttl=3)
 
 

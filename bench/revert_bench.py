@@ -46,7 +46,7 @@ import libvirt  # noqa: E402
 from devstack import guest as counter_guest  # noqa: E402
 from devstack.hosts import LibvirtHost, fix_kvm_permissions, open_connection, virt_type  # noqa: E402
 from devstack.redis import RedisServer  # noqa: E402
-from devstack.workers import WorkerProcess  # noqa: E402
+from devstack.workers import WorkerProcess, env_for  # noqa: E402
 from tasks import api  # noqa: E402
 from tasks.config import Config  # noqa: E402
 from tasks.model import STEPS, RevertState, StepStatus  # noqa: E402
@@ -92,21 +92,6 @@ def stats(values: list[float]) -> dict[str, float | None]:
 
 
 # --- the stack ---------------------------------------------------------------------------------
-
-def worker_env(config: Config) -> dict[str, str]:
-    """The worker's configuration, from the environment only (as tests/integration/conftest.py)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRT_REVERT_")}
-    env.update({
-        "VIRT_REVERT_CONFIG": "/nonexistent",
-        "VIRT_REVERT_BROKER_URL": config.broker_url,
-        "VIRT_REVERT_STORAGE_ROOTS": ":".join(config.storage_roots),
-        "VIRT_REVERT_STATE_DIR": config.state_dir,
-        "VIRT_REVERT_HEARTBEAT_INTERVAL": str(config.heartbeat_interval),
-        "VIRT_REVERT_HEARTBEAT_TTL": str(config.heartbeat_ttl),
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
-    })
-    return env
-
 
 def wait_for_host(cluster: api.Cluster, name: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
@@ -283,7 +268,7 @@ def run(rounds: int, vtype: str) -> dict:
         config = Config(broker_url=redis.url, storage_roots=(str(host.images_dir),),
                         state_dir=str(root / "state"))
         cluster = api.Cluster(config)
-        worker = WorkerProcess(HOST, host.uri, worker_env(config), concurrency=2,
+        worker = WorkerProcess(HOST, host.uri, env_for(config), concurrency=2,
                                log_path=root / f"worker-{HOST}.log").start()
         started.append(worker)
         conn = open_connection(host.uri)

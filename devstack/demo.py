@@ -34,7 +34,8 @@ from devstack import guest
 from devstack.hosts import SystemLibvirtd, fix_kvm_permissions, open_connection, virt_type
 from devstack.process import free_port, pid_alive, read_pid, terminate
 from devstack.redis import RedisServer
-from devstack.workers import FlowerProcess, WorkerProcess
+from devstack.workers import FlowerProcess, WorkerProcess, env_for
+from tasks.config import Config
 from tasks.model import STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,11 +145,7 @@ def start_libvirtd() -> None:
 
 def demo_env(redis_url: str) -> dict[str, str]:
     """The environment of the worker, Flower and the CLI: every Redis role on the demo's Redis."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRT_REVERT_")}
-    env.update(VIRT_REVERT_CONFIG=os.environ.get("VIRT_REVERT_CONFIG", "/nonexistent"),
-               VIRT_REVERT_BROKER_URL=redis_url, VIRT_REVERT_RESULT_BACKEND=redis_url,
-               VIRT_REVERT_REDIS_URL=redis_url, VIRT_REVERT_STORAGE_ROOTS=str(IMAGE_DIR))
-    return env
+    return env_for(Config(broker_url=redis_url, storage_roots=(str(IMAGE_DIR),)))
 
 
 def start_worker(env: dict[str, str]) -> None:

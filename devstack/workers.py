@@ -3,11 +3,25 @@
 Each is one child process with its output in a log file, stopped by its PID.
 """
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from tasks.config import Config, to_env
+
 from devstack.process import stop_child
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def env_for(config: Config) -> dict[str, str]:
+    """This process's environment with every virt-revert setting taken from `config` alone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRT_REVERT_")}
+    env.update(to_env(config), VIRT_REVERT_CONFIG="/nonexistent")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 class _Child:

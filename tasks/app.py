@@ -32,11 +32,13 @@ def make_app(cfg: config_mod.Config | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_track_started=True,
+        # The chain carries each step's state in the next message and the revert's record is its
+        # progress log: results and STARTED states would be ~14 KB written per hop for no reader.
+        task_ignore_result=True,
+        task_track_started=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
-        result_extended=True,
-        result_expires=cfg.record_ttl,
+        result_expires=3600,
         # Longer than the longest step, so a slow restore is not redelivered to another thread.
         broker_transport_options={"visibility_timeout": 4 * 3600},
         result_backend_transport_options={"visibility_timeout": 4 * 3600},

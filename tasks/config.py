@@ -40,6 +40,15 @@ class Config:
             object.__setattr__(self, "redis_url", backend if backend.startswith("redis") else self.broker_url)
 
 
+def to_env(cfg: Config) -> dict[str, str]:
+    """The environment that makes `load()` in another process return `cfg` (lists `:`-joined)."""
+    env = {}
+    for field in dataclasses.fields(Config):
+        value = getattr(cfg, field.name)
+        env[f"VIRT_REVERT_{field.name.upper()}"] = ":".join(value) if isinstance(value, tuple) else str(value)
+    return env
+
+
 def _coerce(field: dataclasses.Field, value: Any) -> Any:
     if field.type == "tuple[str, ...]":
         if isinstance(value, str):

@@ -5,7 +5,6 @@ Everything started here is stopped at the end by the PIDs started here.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -16,7 +15,7 @@ import pytest
 
 from devstack.hosts import LibvirtHost, fix_kvm_permissions, open_connection
 from devstack.redis import RedisServer
-from devstack.workers import WorkerProcess
+from devstack.workers import WorkerProcess, env_for
 from tasks.api import Cluster
 from tasks.config import Config
 from tests.integration.guests import GuestFactory
@@ -64,16 +63,7 @@ def config(redis_server, host, stack_dir, small_root) -> Config:
 
 
 def worker_env(config: Config) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRT_REVERT_")}
-    env.update({
-        "VIRT_REVERT_CONFIG": "/nonexistent",
-        "VIRT_REVERT_BROKER_URL": config.broker_url,
-        "VIRT_REVERT_STORAGE_ROOTS": ":".join(config.storage_roots),
-        "VIRT_REVERT_STATE_DIR": config.state_dir,
-        "VIRT_REVERT_HEARTBEAT_INTERVAL": str(config.heartbeat_interval),
-        "VIRT_REVERT_HEARTBEAT_TTL": str(config.heartbeat_ttl),
-    })
-    return env
+    return env_for(config)
 
 
 def wait_for_host(cluster: Cluster, name: str, timeout: float = 30) -> None:

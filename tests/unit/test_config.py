@@ -27,3 +27,10 @@ def test_unknown_key_is_an_error_naming_it(tmp_path):
     path.write_text('brokr_url = "x"\n')
     with pytest.raises(ValueError, match="brokr_url"):
         load({"VIRT_REVERT_CONFIG": str(path)})
+
+
+def test_to_env_round_trips(tmp_path):
+    from tasks.config import Config, to_env
+
+    cfg = Config(broker_url="redis://b:1/0", storage_roots=("/a", "/b"), heartbeat_ttl=5)
+    assert load({**to_env(cfg), "VIRT_REVERT_CONFIG": str(tmp_path / "absent.toml")}) == cfg

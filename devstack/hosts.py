@@ -230,9 +230,15 @@ class SystemLibvirtd:
 
     def stop(self) -> None:
         """Stop only the daemons whose PIDs ensure_running recorded."""
-        for pidfile in (self.libvirtd_pidfile, self.virtlogd_pidfile):
+        for pidfile, program in ((self.libvirtd_pidfile, b"libvirtd"), (self.virtlogd_pidfile, b"virtlogd")):
             pid = read_pid(pidfile)
-            if pid:
+            if pid and pid_alive(pid) and program in _cmdline(pid):  # never a PID reused since
                 terminate(pid)
             pidfile.unlink(missing_ok=True)
 
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

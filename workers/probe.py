@@ -6,8 +6,6 @@ Read-only by construction: stat, access, and a header read per file.
 from __future__ import annotations
 
 import os
-from typing import Iterable
-
 from tasks.config import Config
 from workers import qcow2
 from workers.plan import SAVE_IMAGE, DirFacts, DomainFacts, FileFacts, HostProbe
@@ -92,14 +90,9 @@ def files_of_interest(snapshot: Snapshot, domain: DomainFacts) -> tuple[set[str]
 
 def host_probe(snapshot: Snapshot, domain: DomainFacts, config: Config) -> HostProbe:
     files, dirs = files_of_interest(snapshot, domain)
-    return _probe(files, dirs, config)
-
-
-def _probe(files: Iterable[str], dirs: Iterable[str], config: Config) -> HostProbe:
-    dir_map = {d: facts for d in dirs if (facts := dir_facts(d)) is not None}
     return HostProbe(
         storage_roots=tuple(config.storage_roots),
         files={path: file_facts(path) for path in files},
-        dirs=dir_map,
+        dirs={d: facts for d in dirs if (facts := dir_facts(d)) is not None},
         space_reserve=config.space_reserve,
     )

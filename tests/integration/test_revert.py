@@ -216,3 +216,17 @@ def test_transient_domain_stays_defined_with_its_snapshots(guests, revert):
     assert at_snap <= g.counter() < at_snap + 30
     assert {s.getName() for s in g.dom.listAllSnapshots()} == {"s1", record["safety_snapshot"]}
     assert g.current_snapshot() == "s1"
+
+
+def test_without_safety_snapshot_only_the_new_overlay_is_created(guests, revert):
+    g = guests.create()
+    g.snapshot("s1", memory=True)
+    g.freeze()
+    snapshots_before = {s.getName() for s in g.dom.listAllSnapshots()}
+    before = hash_files(g.images)
+    record = revert(g.name, "s1", allow_respawn=True, end_state="paused", safety_snapshot=False)
+    assert record["state"] == "succeeded"
+    assert record["safety_snapshot"] is None
+    assert set(hash_files(g.images)) - set(before) == {created_overlay(record)} == set(record["created_files"])
+    assert {s.getName() for s in g.refresh().dom.listAllSnapshots()} == snapshots_before
+    assert_nothing_lost(before, g.images)

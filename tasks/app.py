@@ -10,6 +10,7 @@ from celery import Celery
 from tasks import config as config_mod
 
 TASK_NAMESPACE = "virt_revert.revert"
+HOST_TASK_NAMESPACE = "virt_revert.host"
 
 
 def task_name(step: str) -> str:

@@ -35,6 +35,11 @@ class ErrorCode(StrEnum):
     QEMU_IMG_FAILED = "qemu-img-failed"
     LIBVIRT_ERROR = "libvirt-error"
     TIMEOUT = "timeout"
+    LOCK_LOST = "lock-lost"
+    WORKER_LOST = "worker-lost"
+    TOO_MANY_DELIVERIES = "too-many-deliveries"
+    INTERNAL_ERROR = "internal-error"
+    IO_ERROR = "io-error"
 
 
 HINTS: dict[ErrorCode, str] = {
@@ -63,6 +68,11 @@ HINTS: dict[ErrorCode, str] = {
     ErrorCode.QEMU_IMG_FAILED: "see the worker log for qemu-img's output",
     ErrorCode.LIBVIRT_ERROR: "see the worker log and /var/log/libvirt/libvirtd.log",
     ErrorCode.TIMEOUT: "the revert goes on; follow it with `virt-revert status ID`",
+    ErrorCode.LOCK_LOST: "another revert took the domain over; see `virt-revert status` of both",
+    ErrorCode.WORKER_LOST: "the host's worker stopped mid-revert; its recovery settled the revert as recorded",
+    ErrorCode.TOO_MANY_DELIVERIES: "a step kept failing its worker; see the worker log",
+    ErrorCode.INTERNAL_ERROR: "a bug: please report it with the worker log",
+    ErrorCode.IO_ERROR: "check the storage (space, permissions) named in the message",
 }
 
 

@@ -1,8 +1,9 @@
 """One revert per domain in the whole cluster: a Redis lock per domain UUID.
 
-The value is the owning revert id, so a refusal can name the revert in
-flight and only the owner can release.  The TTL frees a lock whose worker
-vanished.
+The value is the owning revert id: a refusal names the revert in flight,
+only the owner renews or releases, and a step about to destroy or restore
+checks it still owns the lock (fencing) before acting.  The TTL frees the
+lock of a revert whose worker vanished; the worker renews it meanwhile.
 """
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from tasks.store import PREFIX
 
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -33,6 +38,15 @@ def acquire(client: redis.Redis, domain_uuid: str, revert_id: str, ttl: int) -> 
         return acquire(client, domain_uuid, revert_id, ttl)
     holder = holder.decode()
     return None if holder == revert_id else holder
+
+
+def owns(client: redis.Redis, domain_uuid: str, revert_id: str) -> bool:
+    holder = client.get(lock_key(domain_uuid))
+    return holder is not None and holder.decode() == revert_id
+
+
+def renew(client: redis.Redis, domain_uuid: str, revert_id: str, ttl: int) -> bool:
+    return bool(client.eval(_RENEW, 1, lock_key(domain_uuid), revert_id, ttl))
 
 
 def release(client: redis.Redis, domain_uuid: str, revert_id: str) -> bool:

@@ -128,6 +128,7 @@ class RevertRecord:
     created_files: list[str] = field(default_factory=list)
     safety_snapshot: str | None = None
     error: dict[str, Any] | None = None
+    recovery: dict[str, Any] | None = None  # how a failed or interrupted revert was settled
     requested: float | None = None
     finished: float | None = None
 
@@ -149,6 +150,7 @@ class RevertRecord:
             "created_files": list(self.created_files),
             "safety_snapshot": self.safety_snapshot,
             "error": self.error,
+            "recovery": self.recovery,
             "requested": iso(self.requested),
             "finished": iso(self.finished),
         }
@@ -171,9 +173,11 @@ def finished_entry(
     created_files: Iterable[str] = (),
     safety_snapshot: str | None = None,
     error: dict[str, Any] | None = None,
+    recovery: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "type": "finished",
+        "recovery": recovery,
         "state": str(state),
         "at": at,
         "end_state": end_state,
@@ -212,5 +216,6 @@ def fold(revert_id: str, entries: Iterable[dict[str, Any]]) -> RevertRecord:
             record.created_files = list(entry.get("created_files") or [])
             record.safety_snapshot = entry.get("safety_snapshot")
             record.error = entry.get("error")
+            record.recovery = entry.get("recovery")
             record.finished = entry["at"]
     return record

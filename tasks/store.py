@@ -10,6 +10,10 @@ import time
 from typing import Any, Iterator
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from tasks.model import RevertRecord, fold
 
@@ -17,6 +21,15 @@ PREFIX = "virt-revert"
 EVENTS_KEY = f"{PREFIX}:events"
 HOSTS_KEY = f"{PREFIX}:hosts"  # every host ever seen: tells "unknown" from "offline"
 EVENTS_MAXLEN = 100_000
+
+# Publish a revert's events once: a redelivered emit step finds the marker and adds nothing.
+_PUBLISH_ONCE = """
+if not redis.call('set', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+for i = 2, #ARGV do
+  redis.call('xadd', KEYS[2], 'MAXLEN', '~', %d, '*', 'data', ARGV[i])
+end
+return 1
+""" % EVENTS_MAXLEN
 
 
 def revert_key(revert_id: str) -> str:
@@ -29,7 +42,10 @@ def heartbeat_key(host: str) -> str:
 
 class Store:
     def __init__(self, redis_url: str, record_ttl: int = 7 * 24 * 3600):
-        self.redis = redis.Redis.from_url(redis_url)
+        # Ride out a Redis restart of a few seconds instead of failing the step that was writing.
+        retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=12)
+        self.redis = redis.Redis.from_url(redis_url, retry=retry,
+                                          retry_on_error=[RedisConnectionError, RedisTimeoutError])
         self.record_ttl = record_ttl
 
     # Revert progress
@@ -90,11 +106,11 @@ class Store:
         return {h: json.loads(v) for h, v in zip(hosts, values) if v is not None}
 
     # Events
-    def publish_events(self, events: list[dict[str, Any]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for event in events:
-            pipe.xadd(EVENTS_KEY, {"data": json.dumps(event)}, maxlen=EVENTS_MAXLEN, approximate=True)
-        pipe.execute()
+    def publish_events_once(self, revert_id: str, events: list[dict[str, Any]]) -> bool:
+        """Append a revert's events atomically, unless they were already; True when appended now."""
+        marker = f"{PREFIX}:revert:{revert_id}:events-published"
+        return bool(self.redis.eval(_PUBLISH_ONCE, 2, marker, EVENTS_KEY, self.record_ttl,
+                                    *[json.dumps(e) for e in events]))
 
     def events(self, count: int = 100) -> list[dict[str, Any]]:
         return [json.loads(f[b"data"]) for _id, f in reversed(self.redis.xrevrange(EVENTS_KEY, count=count))]

@@ -91,4 +91,6 @@ def as_revert_error(err: BaseException, where: str, step: str) -> RevertError:
         return err
     if isinstance(err, libvirt.libvirtError):
         return StepFailure(ErrorCode.LIBVIRT_ERROR, f"{where}: step {step}: {err.get_error_message()}")
-    return StepFailure(ErrorCode.LIBVIRT_ERROR, f"{where}: step {step}: {type(err).__name__}: {err}")
+    if isinstance(err, OSError):
+        return StepFailure(ErrorCode.IO_ERROR, f"{where}: step {step}: {err}")
+    return StepFailure(ErrorCode.INTERNAL_ERROR, f"{where}: step {step}: {type(err).__name__}: {err}")

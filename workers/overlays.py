@@ -22,8 +22,13 @@ def claim(path: str) -> None:
 
 
 def create_overlay(disk: DiskPlan) -> None:
-    """A new qcow2 on `disk.backing` at `disk.overlay`; the backing format is always explicit (-F)."""
+    """Claim `disk.overlay`, then make it a qcow2 on `disk.backing`."""
     claim(disk.overlay)
+    fill_overlay(disk)
+
+
+def fill_overlay(disk: DiskPlan) -> None:
+    """Make the claimed, empty `disk.overlay` a qcow2 on `disk.backing`, the backing format explicit (-F)."""
     cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", disk.backing_format, "-b", disk.backing, disk.overlay]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:

@@ -96,3 +96,25 @@ def host_probe(snapshot: Snapshot, domain: DomainFacts, config: Config) -> HostP
         dirs={d: facts for d in dirs if (facts := dir_facts(d)) is not None},
         space_reserve=config.space_reserve,
     )
+
+
+def pre_revert_state(dom) -> dict:
+    """Everything needed to put the domain back as it is now: journaled before any change."""
+    import libvirt
+
+    active, persistent = bool(dom.isActive()), bool(dom.isPersistent())
+    current = dom.snapshotCurrent() if dom.hasCurrentSnapshot() else None
+    secure = libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE
+    return {
+        "state": STATE_NAMES.get(dom.state()[0], "nostate"),
+        "active": active,
+        "persistent": persistent,
+        "definition": dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+                                  if persistent else libvirt.VIR_DOMAIN_XML_SECURE),
+        "live": dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE) if active else None,
+        "current": current.getName() if current else None,
+        "current_xml": current.getXMLDesc(secure) if current else None,
+        # libvirt forgets a transient domain's snapshots when it stops: keep them to give them back
+        "snapshots": [] if persistent else [
+            s.getXMLDesc(secure) for s in dom.listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL)],
+    }

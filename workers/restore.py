@@ -3,6 +3,8 @@ the reverted disks, then put libvirt's snapshot metadata right.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import libvirt
 
 from workers.plan import KIND_INTERNAL, Plan
@@ -49,12 +51,14 @@ def mark_current(dom: libvirt.virDomain, snapshot_xml: str) -> None:
 
 
 def restore(conn: libvirt.virConnect, plan: Plan, *, restore_xml: str | None, allow_respawn: bool,
-            snapshot_xml: str, transient_snapshots: list[str]) -> libvirt.virDomain:
+            snapshot_xml: str, transient_snapshots: list[str],
+            checkpoint: Callable[[str], None] = lambda point: None) -> libvirt.virDomain:
     if plan.kind == KIND_INTERNAL:
         dom = conn.lookupByUUIDString(plan.domain_uuid)
         revert_internal(dom, plan, allow_respawn)
         return dom
     restore_external(conn, plan, restore_xml)
+    checkpoint("restore:mid")
     dom = conn.lookupByUUIDString(plan.domain_uuid)
     redefine_snapshots(dom, transient_snapshots)
     mark_current(dom, snapshot_xml)

@@ -1,12 +1,12 @@
 """The seven steps of a revert, each a plain function of a :class:`StepContext`.
 
-Each checks the state before acting, because Celery may deliver a step
-twice; each returns an :class:`Outcome` whose detail lands in the record.
-The Celery wrappers live in ``workers.celery_tasks``.
+A step reads what the revert decided and did from the host-local journal,
+and journals each side effect (`intent`) before doing it and (`done`) after,
+so a redelivered step does its side effects once and recovery knows exactly
+what to undo.  The Celery wrappers live in ``workers.celery_tasks``.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,27 +16,15 @@ import libvirt
 
 from tasks import locks
 from tasks.config import Config
-from tasks.errors import ErrorCode, Refusal
+from tasks.errors import ErrorCode, Refusal, StepFailure
 from tasks.events import LifecycleEvent, RevertFinishedEvent
 from tasks.model import EndState, RevertRequest, RevertState
 from tasks.store import Store
 from workers import conn as conns
-from workers import overlays, probe, restore as restoring, safety
+from workers import faults, overlays, probe, restore as restoring, safety
+from workers.journal import Journal, JournalState, unfinished
 from workers.plan import KIND_INTERNAL, Plan, plan as make_plan
 from workers.snapshot_xml import DomainDef, Snapshot, with_disk_sources
-
-
-@dataclass
-class Done:
-    """What the revert has done so far; travels along the chain as JSON."""
-
-    locked_uuid: str | None = None  # the domain whose cluster-wide lock this revert holds
-    snapshot_xml: str = ""
-    restore_xml: str | None = None
-    safety_snapshot: str | None = None
-    stopped: bool = False
-    created_files: list[str] = field(default_factory=list)
-    transient_snapshots: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -52,46 +40,66 @@ def skipped(reason: str) -> Outcome:
 @dataclass
 class StepContext:
     request: RevertRequest
-    plan: Plan | None
-    done: Done
+    journal: Journal
+    state: JournalState
     host: str
     conn: libvirt.virConnect
     store: Store
     config: Config
+    locked_uuid: str | None = None  # set once validate holds the domain's cluster-wide lock
 
-    @classmethod
-    def from_state(cls, state: dict[str, Any], *, host: str, conn: libvirt.virConnect, store: Store,
-                   config: Config) -> "StepContext":
-        plan = Plan.from_dict(state["plan"]) if state.get("plan") else None
-        return cls(RevertRequest.from_dict(state["request"]), plan, Done(**state.get("done", {})),
-                   host, conn, store, config)
-
-    def to_state(self) -> dict[str, Any]:
-        return {"request": self.request.to_dict(), "plan": self.plan.to_dict() if self.plan else None,
-                "done": dataclasses.asdict(self.done)}
+    @property
+    def plan(self) -> Plan | None:
+        return Plan.from_dict(self.state.plan) if self.state.begun else None
 
     @property
     def where(self) -> str:
         return f"domain '{self.request.domain}', snapshot '{self.request.snapshot}'"
 
     def domain(self) -> libvirt.virDomain:
-        assert self.plan is not None
-        return self.conn.lookupByUUIDString(self.plan.domain_uuid)
+        return self.conn.lookupByUUIDString(self.state.plan["domain_uuid"])
+
+    def record(self, kind: str, **fields: Any) -> None:
+        """Journal an entry and keep the folded state current."""
+        self.journal.append(kind, **fields)
+        self.state = self.journal.state()
+
+    def intent(self, action: str, path: str | None = None) -> None:
+        self.record("intent", action=action, path=path)
+
+    def did(self, action: str, path: str | None = None) -> None:
+        self.record("done", action=action, path=path)
+
+    def checkpoint(self, point: str) -> None:
+        faults.checkpoint(point, self.request.revert_id, self.config.state_dir)
+
+    def fence(self) -> None:
+        """Before anything destructive: this revert must still own the domain's lock."""
+        uuid = self.state.lock.get("uuid")
+        if uuid and not locks.owns(self.store.redis, uuid, self.request.revert_id):
+            raise StepFailure(ErrorCode.LOCK_LOST, f"{self.where}: revert {self.request.revert_id} no longer "
+                                                   f"holds the domain's lock; stopping before it changes anything")
 
 
 def validate(ctx: StepContext) -> Outcome:
+    if ctx.state.begun:
+        return skipped("validated by an earlier delivery")
     dom = conns.lookup_domain(ctx.conn, ctx.request.domain)
     snapshot_xml = conns.lookup_snapshot(dom, ctx.request.snapshot).getXMLDesc(
         libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
     snapshot = Snapshot.parse(snapshot_xml)
     facts = probe.domain_facts(dom)
+    for other in unfinished(ctx.config.state_dir):
+        if other.revert_id != ctx.request.revert_id and other.state().plan.get("domain_uuid") == facts.uuid:
+            raise Refusal(ErrorCode.REVERT_IN_FLIGHT, f"{ctx.where}: domain busy, revert {other.revert_id} is "
+                                                      f"unfinished on this host (`virt-revert recover` settles it)")
     holder = locks.acquire(ctx.store.redis, facts.uuid, ctx.request.revert_id, ctx.config.lock_ttl)
     if holder is not None:
         raise Refusal(ErrorCode.REVERT_IN_FLIGHT, f"{ctx.where}: domain busy, revert {holder} in flight")
-    ctx.done.locked_uuid = facts.uuid
-    ctx.done.snapshot_xml = snapshot_xml
-    ctx.plan = make_plan(ctx.request, snapshot, facts, probe.host_probe(snapshot, facts, ctx.config))
-    plan = ctx.plan
+    ctx.locked_uuid = facts.uuid
+    plan = make_plan(ctx.request, snapshot, facts, probe.host_probe(snapshot, facts, ctx.config))
+    ctx.record("begin", request=ctx.request.to_dict(), plan=plan.to_dict(), pre=probe.pre_revert_state(dom),
+               snapshot_xml=snapshot_xml, lock={"uuid": facts.uuid, "owner": ctx.request.revert_id})
     return Outcome(detail={"kind": plan.kind, "from_state": facts.state, "end_state": str(plan.end_state),
                            "load_memory": plan.load_memory, "disks": [d.target for d in plan.disks],
                            "risks": list(plan.risks)})
@@ -101,6 +109,8 @@ def open_memory_image(ctx: StepContext) -> Outcome:
     plan = ctx.plan
     if not plan.load_memory or plan.kind == KIND_INTERNAL:
         return skipped("the target's memory is not loaded" if not plan.load_memory else "internal snapshot")
+    if ctx.state.restore_xml is not None:
+        return skipped("opened by an earlier delivery")
     try:
         saved_xml = ctx.conn.saveImageGetXMLDesc(plan.memory_file, libvirt.VIR_DOMAIN_SAVE_IMAGE_XML_SECURE)
     except libvirt.libvirtError as err:
@@ -113,29 +123,29 @@ def open_memory_image(ctx: StepContext) -> Outcome:
         raise Refusal(ErrorCode.MEMORY_IMAGE_MISMATCH,
                       f"{ctx.where}: memory image '{plan.memory_file}' holds domain '{saved.name}' "
                       f"({saved.uuid}), not '{target.name}' ({target.uuid})")
-    ctx.done.restore_xml = with_disk_sources(saved_xml, {d.target: d.overlay for d in plan.disks})
+    ctx.record("memory", restore_xml=with_disk_sources(saved_xml, {d.target: d.overlay for d in plan.disks}))
     return Outcome(detail={"memory_file": plan.memory_file, "bytes": os.path.getsize(plan.memory_file)})
 
 
 def stop(ctx: StepContext) -> Outcome:
     plan = ctx.plan
+    ctx.fence()
     dom = ctx.domain()
     detail: dict[str, Any] = {}
-    if plan.safety_snapshot:
-        # Recorded first: the snapshot's files are this revert's even if taking it fails half-way.
-        ctx.done.safety_snapshot = plan.safety_snapshot
-        ctx.done.created_files.extend(p for p in plan.safety_paths if p not in ctx.done.created_files)
+    if plan.safety_snapshot and not ctx.state.did("safety-snapshot"):
+        ctx.intent("safety-snapshot")
         detail["safety_snapshot_taken"] = safety.take_safety_snapshot(dom, plan)
-    if not plan.persistent:
-        ctx.done.transient_snapshots = [
-            s.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
-            for s in dom.listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL)]
+        ctx.did("safety-snapshot")
+    if not plan.persistent and ctx.state.transient_snapshots is None:
+        ctx.record("transient", snapshots=[s.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE) for s in
+                                           dom.listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL)])
     if dom.isActive():
+        ctx.intent("destroy")
         dom.destroy()
-        ctx.done.stopped = True
+        ctx.did("destroy")
         detail["destroyed"] = True
-    elif not detail:
-        return skipped("domain already shut off and no safety snapshot asked")
+    if not detail:
+        return skipped("domain already shut off, safety snapshot already taken or not asked")
     return Outcome(detail=detail)
 
 
@@ -145,29 +155,30 @@ def recreate_overlays(ctx: StepContext) -> Outcome:
         return skipped("internal snapshot: libvirt reverts inside the image")
     created = []
     for disk in plan.disks:
-        if disk.overlay in ctx.done.created_files and os.path.exists(disk.overlay):
-            continue  # created by an earlier delivery of this step
-        ctx.done.created_files.append(disk.overlay)
-        try:
-            overlays.create_overlay(disk)
-        except Exception:
-            ctx.done.created_files.remove(disk.overlay)
-            raise
+        if ctx.state.did("create", disk.overlay):
+            continue
+        if ctx.state.did("claim", disk.overlay) and os.path.exists(disk.overlay):
+            os.unlink(disk.overlay)  # claimed by an earlier delivery that stopped before qemu-img finished
+        ctx.intent("create", disk.overlay)
+        overlays.claim(disk.overlay)
+        ctx.did("claim", disk.overlay)
+        ctx.checkpoint("recreate_overlays:claimed")
+        overlays.fill_overlay(disk)
+        ctx.did("create", disk.overlay)
         created.append(disk.overlay)
     return Outcome(detail={"overlays": created})
 
 
 def restore(ctx: StepContext) -> Outcome:
     plan = ctx.plan
-    try:
-        dom = ctx.domain()
-        if dom.isActive():
-            return skipped("domain already active: restored by an earlier delivery")
-    except libvirt.libvirtError as err:
-        if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-            raise
-    restoring.restore(ctx.conn, plan, restore_xml=ctx.done.restore_xml, allow_respawn=ctx.request.allow_respawn,
-                      snapshot_xml=ctx.done.snapshot_xml, transient_snapshots=ctx.done.transient_snapshots)
+    if ctx.state.did("restore"):
+        return skipped("restored by an earlier delivery")
+    ctx.fence()
+    ctx.intent("restore")
+    restoring.restore(ctx.conn, plan, restore_xml=ctx.state.restore_xml, allow_respawn=ctx.request.allow_respawn,
+                      snapshot_xml=ctx.state.snapshot_xml, transient_snapshots=ctx.state.transient_snapshots or [],
+                      checkpoint=ctx.checkpoint)
+    ctx.did("restore")
     how = "memory" if plan.load_memory else "cold-boot" if plan.cold_boot else "define"
     return Outcome(detail={"how": how if plan.kind != KIND_INTERNAL else "libvirt-internal"})
 
@@ -195,7 +206,8 @@ def emit_events(ctx: StepContext) -> Outcome:
               for event, detail in plan.events]
     events.append(RevertFinishedEvent(plan.revert_id, ctx.host, plan.domain, plan.domain_uuid, plan.snapshot,
                                       str(RevertState.SUCCEEDED), str(plan.end_state), now).to_dict())
-    ctx.store.publish_events(events)
+    if not ctx.store.publish_events_once(plan.revert_id, events):
+        return skipped("events published by an earlier delivery")
     return Outcome(detail={"events": [e for e, _ in plan.events] + ["revert-finished"]})
 
 

@@ -11,10 +11,13 @@ import socket
 import threading
 import time
 
+from tasks import locks
 from tasks.app import app, host_queue
+from tasks.config import Config
 from tasks.store import Store
-from workers import celery_tasks, logs
+from workers import celery_tasks, logs, recovery
 from workers import conn as conns
+from workers.journal import unfinished
 
 log = logging.getLogger("virt_revert.worker")
 
@@ -45,15 +48,32 @@ def _heartbeat(store: Store, host: str, uri: str, interval: float, ttl: int) -> 
         time.sleep(interval)
 
 
+def _renew_locks(store: Store, cfg: Config) -> None:
+    """Keep the domain locks of this host's reverts in flight alive while their chains run."""
+    while True:
+        time.sleep(cfg.lock_ttl / 3)
+        try:
+            for journal in unfinished(cfg.state_dir):
+                lock = journal.state().lock
+                if lock:
+                    locks.renew(store.redis, lock["uuid"], journal.revert_id, cfg.lock_ttl)
+        except Exception:
+            log.warning("lock renewal failed", exc_info=True)
+
+
 def main(host: str, uri: str, concurrency: int = 4, loglevel: str = "INFO") -> None:
     cfg = app.virt_revert_config
     logs.setup(cfg.log_format, loglevel)
     info = host_info(host, uri)  # fails fast, with libvirt's message, when libvirtd is unreachable
     log.info("worker starting", extra=info)
-    celery_tasks.bind(host, uri)
-    store = Store(cfg.redis_url, cfg.record_ttl)
+    binding = celery_tasks.bind(host, uri)
+    store = binding.store
+    # Before taking any message: settle what a previous worker of this host left half-done.
+    for report in recovery.recover(host, conns.connection(uri), store, cfg):
+        log.warning("settled an interrupted revert", extra=report)
     threading.Thread(target=_heartbeat, args=(store, host, uri, cfg.heartbeat_interval, cfg.heartbeat_ttl),
                      name="heartbeat", daemon=True).start()
+    threading.Thread(target=_renew_locks, args=(store, cfg), name="lock-renewal", daemon=True).start()
     app.worker_main([
         "worker", "--queues", host_queue(host), "--hostname", f"virt-revert@{host}",
         "--pool", "threads", "--concurrency", str(concurrency), "--task-events",

@@ -38,6 +38,27 @@ def assert_nothing_lost(before: dict[str, str], directory: Path) -> None:
     assert not missing and not changed, f"removed: {missing}; changed: {changed}"
 
 
+class Unchanged:
+    """Everything a refused or rolled-back revert must leave as it was: files (by hash, and no new
+    ones), the domain's state and definition, its snapshots and current snapshot."""
+
+    def __init__(self, guest: Guest):
+        self.guest = guest
+        self.files = hash_files(guest.images)
+        self.state = self._libvirt_state()
+
+    def _libvirt_state(self):
+        dom = self.guest.refresh().dom
+        current = dom.snapshotCurrent().getName() if dom.hasCurrentSnapshot() else None
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if dom.isPersistent() else 0
+        return (dom.state()[0], dom.XMLDesc(flags), sorted(s.getName() for s in dom.listAllSnapshots()), current)
+
+    def check(self):
+        assert_nothing_lost(self.files, self.guest.images)
+        assert sorted(hash_files(self.guest.images)) == sorted(self.files), "a refused revert created files"
+        assert self._libvirt_state() == self.state
+
+
 @dataclass
 class Guest:
     conn: libvirt.virConnect

@@ -19,29 +19,9 @@ import pytest
 from devstack.workers import WorkerProcess
 from tasks import api, locks
 from tests.integration.conftest import HOST, wait_for_host, worker_env
-from tests.integration.guests import Guest, assert_nothing_lost, hash_files
+from tests.integration.guests import Unchanged
 
 pytestmark = pytest.mark.integration
-
-
-class Unchanged:
-    """Everything a refused revert must leave as it was."""
-
-    def __init__(self, guest: Guest):
-        self.guest = guest
-        self.files = hash_files(guest.images)
-        self.state = self._libvirt_state()
-
-    def _libvirt_state(self):
-        dom = self.guest.refresh().dom
-        current = dom.snapshotCurrent().getName() if dom.hasCurrentSnapshot() else None
-        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if dom.isPersistent() else 0
-        return (dom.state()[0], dom.XMLDesc(flags), sorted(s.getName() for s in dom.listAllSnapshots()), current)
-
-    def check(self):
-        assert_nothing_lost(self.files, self.guest.images)
-        assert sorted(hash_files(self.guest.images)) == sorted(self.files), "a refused revert created files"
-        assert self._libvirt_state() == self.state
 
 
 def assert_refused(record, code, *names):

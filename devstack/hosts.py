@@ -15,6 +15,7 @@ import grp
 import logging
 import os
 import shlex
+import signal
 import stat
 import subprocess
 import time
@@ -112,7 +113,8 @@ class LibvirtHost:
         mounts = " && ".join(
             f"mount --bind {shlex.quote(str(self.root / src))} {shlex.quote(dst)}"
             for src, dst in PRIVATE_MOUNTS.items())
-        script = f"{mounts} && exec tini -s -g -- sh -c 'virtlogd & exec libvirtd'"
+        # libvirtd restarts when it dies, as systemd's Restart= would do on a real host.
+        script = f"{mounts} && exec tini -s -g -- sh -c 'virtlogd & while :; do libvirtd; sleep 0.1; done'"
         with open(self.log_dir / "daemons.log", "ab") as log:
             self.proc = subprocess.Popen(
                 ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script],
@@ -144,6 +146,20 @@ class LibvirtHost:
         run = self.root / "run"
         self.daemon_pids = [p for p in (read_pid(run / "libvirtd.pid"),
                                         read_pid(run / "virtlogd.pid")) if p]
+
+    def restart_libvirtd(self, timeout: float = 60) -> None:
+        """SIGKILL libvirtd (a crash); its supervisor loop starts a new one, which reattaches to the
+        running QEMU processes.  Returns once the new daemon answers."""
+        pidfile = self.root / "run" / "libvirtd.pid"
+        old = read_pid(pidfile)
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while read_pid(pidfile) in (None, old) or not pid_alive(read_pid(pidfile)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"host {self.name}: libvirtd did not come back")
+            time.sleep(0.05)
+        open_connection(self.uri, timeout).close()
+        self.daemon_pids = [p for p in self.daemon_pids if p != old] + [read_pid(pidfile)]
 
     def qemu_pids(self) -> list[int]:
         """PIDs of QEMU processes this host's libvirtd started (from its pid files)."""

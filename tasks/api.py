@@ -136,3 +136,25 @@ def _check_request(request: RevertRequest) -> None:
     if request.end_state not in (None, *END_STATES):
         raise Refusal(ErrorCode.INVALID_REQUEST, f"end state '{request.end_state}' is not one of "
                                                  f"{', '.join(END_STATES)}")
+
+
+def host_call(task: str, host: str | None, *args: Any, timeout: float = 300, cluster: Cluster | None = None) -> Any:
+    """Run one of a host's own tasks (`virt_revert.host.*`) on its worker and return its result."""
+    from tasks.app import HOST_TASK_NAMESPACE, host_queue
+
+    cluster = cluster or default_cluster()
+    queue = host_queue(cluster.resolve_host(host))
+    return cluster.app.send_task(f"{HOST_TASK_NAMESPACE}.{task}", args=args, queue=queue).get(timeout=timeout)
+
+
+def recover(host: str | None = None, *, stale_after: float | None = None, cluster: Cluster | None = None
+            ) -> list[dict[str, Any]]:
+    """Settle the host's unfinished reverts not touched for `stale_after` s (default: the host's setting)."""
+    return host_call("recover", host, stale_after, cluster=cluster)
+
+
+def prune(domain: str, host: str | None = None, *, keep: int = 1, older_than: float = 0, dry_run: bool = False,
+          cluster: Cluster | None = None) -> dict[str, Any]:
+    """Drop the domain's safety snapshots beyond the newest `keep` and older than `older_than` s,
+    with the files nothing uses any more."""
+    return host_call("prune", host, domain, keep, older_than, dry_run, cluster=cluster)

@@ -65,6 +65,21 @@ def parser() -> argparse.ArgumentParser:
     h = sub.add_parser("hosts", help="list hosts with a live worker")
     h.add_argument("--json", action="store_true")
 
+    rc = sub.add_parser("recover", help="settle a host's interrupted reverts now (the worker does it at start)")
+    rc.add_argument("--host")
+    rc.add_argument("--stale-after", type=float, default=None,
+                    help="leave alone reverts whose journal moved in the last N seconds (default: host setting)")
+    rc.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("prune", help="remove kept pre-revert state nothing uses any more")
+    pr.add_argument("domain")
+    pr.add_argument("--host")
+    pr.add_argument("--keep", type=int, default=1, help="keep the newest N safety snapshots (default 1)")
+    pr.add_argument("--older-than", type=parse_age, default=0.0, metavar="AGE",
+                    help="only those older than AGE: 90s, 30m, 12h, 7d")
+    pr.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
+    pr.add_argument("--json", action="store_true")
+
     w = sub.add_parser("worker", help="run the worker of one host (needs the [worker] extra)")
     w.add_argument("--host", required=True, help="this host's name; the worker consumes queue host.NAME")
     w.add_argument("--uri", default="qemu:///system", help="libvirt URI of this host's libvirtd")
@@ -138,6 +153,46 @@ def cmd_hosts(args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.SUCCESS
 
 
+def cmd_recover(args: argparse.Namespace) -> ExitStatus:
+    reports = api.recover(args.host, stale_after=args.stale_after)
+    if args.json:
+        print(json.dumps(reports))
+        return ExitStatus.SUCCESS
+    if not reports:
+        print("nothing to recover")
+    for report in reports:
+        print(f"revert {report['revert_id']}: {report['outcome']}"
+              + (f" (interrupted in {report['interrupted_step']})" if report.get("interrupted_step") else ""))
+        for action in report.get("actions", []):
+            print(f"  - {action}")
+    return ExitStatus.SUCCESS
+
+
+def cmd_prune(args: argparse.Namespace) -> ExitStatus:
+    report = api.prune(args.domain, args.host, keep=args.keep, older_than=args.older_than, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report))
+        return ExitStatus.SUCCESS
+    verb = "would drop" if report["dry_run"] else "dropped"
+    print(f"{verb} {len(report['snapshots'])} safety snapshot(s) of '{report['domain']}': "
+          f"{', '.join(report['snapshots']) or '-'}")
+    for path in report["files"]:
+        print(f"  {'would delete' if report['dry_run'] else 'deleted'} {path}")
+    for path, why in report["kept"].items():
+        print(f"  kept {path}: {why}")
+    return ExitStatus.SUCCESS
+
+
+def parse_age(text: str) -> float:
+    """'90s', '30m', '12h', '7d', '2w' or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    text = text.strip()
+    try:
+        return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an age like 90s, 30m, 12h or 7d") from None
+
+
 def cmd_worker(args: argparse.Namespace) -> ExitStatus:
     try:
         from workers.worker import main as worker_main
@@ -148,7 +203,8 @@ def cmd_worker(args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.SUCCESS
 
 
-COMMANDS = {"revert": cmd_revert, "status": cmd_status, "hosts": cmd_hosts, "worker": cmd_worker}
+COMMANDS = {"revert": cmd_revert, "status": cmd_status, "hosts": cmd_hosts, "recover": cmd_recover,
+            "prune": cmd_prune, "worker": cmd_worker}
 
 
 def _print_progress(record: dict[str, Any], printed: set[str], out: TextIO) -> None:

@@ -20,7 +20,7 @@ from tasks.errors import ErrorCode, RevertError, StepFailure
 from tasks.model import STEPS, RevertRequest, StepStatus, step_entry
 from tasks.store import Store
 from workers import conn as conns
-from workers import faults, recovery, settle
+from workers import faults, prune, recovery, settle
 from workers.journal import Journal
 from workers.steps import STEP_FUNCTIONS, StepContext
 
@@ -50,22 +50,23 @@ def bind(host: str, uri: str) -> Binding:
 
 def context(request: RevertRequest, journal: Journal) -> StepContext:
     assert _binding is not None, "worker not bound to a host: call workers.celery_tasks.bind"
-    return StepContext(request, journal, journal.state(), _binding.host, conns.connection(_binding.uri),
-                       _binding.store, app.virt_revert_config)
+    return StepContext(request, journal, journal.state(), _binding.host, _binding.uri, _binding.store,
+                       app.virt_revert_config)
 
 
 def run_step(task, step: str, message: dict[str, Any]) -> dict[str, Any]:
     request = RevertRequest.from_dict(message["request"])
     cfg = app.virt_revert_config
     journal = Journal(cfg.state_dir, request.revert_id)
-    if faults.armed(f"{step}:duplicate") and not task.request.headers.get("virt_revert_duplicate"):
-        task.apply_async((message,), queue=task.request.delivery_info.get("routing_key"),
-                         headers={"virt_revert_duplicate": True})  # fault test: the step delivered twice
+    if faults.armed(f"{step}:duplicate") and not message.get("duplicate"):
+        # Fault test: deliver this very message (its chain included) a second time, as a redelivery would.
+        task.signature_from_request(task.request, args=({**message, "duplicate": True},)).apply_async()
     with journal.locked():
         state = journal.state()
-        if state.outcome is not None:
-            log.info("revert already ended (%s): delivery of %s dropped", state.outcome, step,
-                     extra={"revert_id": request.revert_id, "step": step})
+        if state.outcome is not None or step in state.ended_steps:
+            # A duplicate (the original chain goes on) or a redelivery after recovery settled it.
+            log.info("step %s already done: duplicate delivery dropped", step,
+                     extra={"revert_id": request.revert_id, "step": step, "outcome": state.outcome})
             raise Ignore()
         started = time.time()
         journal.append("step", step=step, status="started")
@@ -77,7 +78,7 @@ def run_step(task, step: str, message: dict[str, Any]) -> dict[str, Any]:
                 raise StepFailure(ErrorCode.TOO_MANY_DELIVERIES, f"{ctx.where}: step {step} was started "
                                                                  f"{state.starts[step] + 1} times without ending")
             ctx.checkpoint(f"{step}:before")
-            outcome = STEP_FUNCTIONS[step](ctx)
+            outcome = _run(STEP_FUNCTIONS[step], ctx)
         except Exception as exc:
             error = conns.as_revert_error(exc, ctx.where if ctx else f"revert {request.revert_id}", step)
             if ctx is not None:
@@ -94,7 +95,20 @@ def run_step(task, step: str, message: dict[str, Any]) -> dict[str, Any]:
         ctx.checkpoint(f"{step}:after")
         if step == STEPS[-1]:
             settle.succeeded(ctx)
-    return message
+    return {"request": message["request"]}
+
+
+def _run(function, ctx: StepContext):
+    """Run a step; if libvirtd went away under it, reconnect and run it once more (steps check
+    the state before acting, so the second run does only what the first did not)."""
+    try:
+        return function(ctx)
+    except Exception as exc:
+        if not conns.is_connection_error(exc):
+            raise
+        log.warning("libvirt connection lost; reconnecting", extra={"revert_id": ctx.request.revert_id})
+        conns.reset()
+        return function(ctx)
 
 
 def _register(step: str):
@@ -110,8 +124,18 @@ TASKS = {step: _register(step) for step in STEPS}
 
 
 @app.task(name=f"{HOST_TASK_NAMESPACE}.recover", bind=True, acks_late=True, ignore_result=False)
-def recover_host(self) -> list[dict[str, Any]]:
+def recover_host(self, stale_after: float | None = None) -> list[dict[str, Any]]:
     """`virt-revert recover`: settle this host's unfinished reverts that are not in flight."""
     assert _binding is not None
-    return recovery.recover(_binding.host, conns.connection(_binding.uri), _binding.store,
-                            app.virt_revert_config, in_flight_after=app.virt_revert_config.stale_after)
+    cfg = app.virt_revert_config
+    return recovery.recover(_binding.host, _binding.uri, _binding.store, cfg,
+                            in_flight_after=cfg.stale_after if stale_after is None else stale_after)
+
+
+@app.task(name=f"{HOST_TASK_NAMESPACE}.prune", bind=True, acks_late=True, ignore_result=False)
+def prune_domain(self, domain: str, keep: int, older_than: float, dry_run: bool) -> dict[str, Any]:
+    """`virt-revert prune`: drop old safety snapshots and the kept files nothing uses any more."""
+    assert _binding is not None
+    cfg = app.virt_revert_config
+    return prune.prune(conns.connection(_binding.uri), domain, keep=keep, older_than=older_than, dry_run=dry_run,
+                       storage_roots=cfg.storage_roots).to_dict()

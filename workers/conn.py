@@ -40,11 +40,12 @@ def _start_event_loop() -> None:
 
 
 def _on_close(conn: libvirt.virConnect, reason: int, _opaque) -> None:
+    """Runs on the event-loop thread: never take `_lock` here, a thread may hold it in
+    `libvirt.open()`, which needs this very loop to make progress."""
     global _conn
     log.warning("libvirt connection closed", extra={"reason": reason})
-    with _lock:
-        if _conn is conn:
-            _conn = None
+    if _conn is conn:
+        _conn = None
 
 
 def connection(uri: str) -> libvirt.virConnect:
@@ -59,6 +60,19 @@ def connection(uri: str) -> libvirt.virConnect:
         conn.registerCloseCallback(_on_close, None)
         _conn = conn
         return conn
+
+
+def reset() -> None:
+    """Forget the connection: the next `connection()` opens a new one."""
+    global _conn
+    with _lock:
+        _conn = None
+
+
+def is_connection_error(err: BaseException) -> bool:
+    """The connection broke (libvirtd restarted or died), as opposed to a call that failed."""
+    return isinstance(err, libvirt.libvirtError) and err.get_error_domain() in (
+        libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
 
 
 def lookup_domain(conn: libvirt.virConnect, name_or_uuid: str) -> libvirt.virDomain:

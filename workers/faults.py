@@ -23,10 +23,14 @@ def _armed() -> dict[str, str]:
 
 
 ARMED = _armed()
+_fired: set[tuple[str, str]] = set()  # each point fires once per revert (a retried step passes on)
 
 
 def checkpoint(point: str, revert_id: str, state_dir: str) -> None:
     action = ARMED.get(point)
+    if action is None or (revert_id, point) in _fired:
+        return
+    _fired.add((revert_id, point))
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "pause":

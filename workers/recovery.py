@@ -19,7 +19,7 @@ from workers.steps import StepContext
 log = logging.getLogger("virt_revert.worker")
 
 
-def recover(host: str, conn, store: Store, config: Config, *, in_flight_after: float | None = None
+def recover(host: str, uri: str, store: Store, config: Config, *, in_flight_after: float | None = None
             ) -> list[dict[str, Any]]:
     """Settle every unfinished journal on this host.
 
@@ -29,14 +29,15 @@ def recover(host: str, conn, store: Store, config: Config, *, in_flight_after: f
     """
     reports = []
     for journal in unfinished(config.state_dir):
-        report = _settle_one(host, conn, store, config, journal, in_flight_after)
+        report = _settle_one(host, uri, store, config, journal, in_flight_after)
         if report is not None:
             log.info("recovered revert", extra=report)
             reports.append(report)
     return reports
 
 
-def _settle_one(host, conn, store, config, journal: Journal, in_flight_after: float | None):
+def _settle_one(host: str, uri: str, store: Store, config: Config, journal: Journal,
+                in_flight_after: float | None):
     entries = journal.entries()
     if in_flight_after is not None and entries and time.time() - entries[-1]["at"] < in_flight_after:
         return None
@@ -47,6 +48,6 @@ def _settle_one(host, conn, store, config, journal: Journal, in_flight_after: fl
                 return None
             request = RevertRequest.from_dict(state.request) if state.begun else RevertRequest(
                 domain="?", snapshot="?", host=host, revert_id=journal.revert_id)
-            return settle.interrupted(StepContext(request, journal, state, host, conn, store, config))
+            return settle.interrupted(StepContext(request, journal, state, host, uri, store, config))
     except BlockingIOError:
         return None  # a step of it runs right now

@@ -8,7 +8,7 @@ from typing import Callable
 import libvirt
 
 from workers.plan import KIND_INTERNAL, Plan
-from workers.snapshot_xml import with_disk_sources
+from workers.snapshot_xml import DomainDef, with_disk_sources
 
 REDEFINE = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
 
@@ -18,11 +18,27 @@ def reverted_definition(plan: Plan) -> str:
     return with_disk_sources(plan.definition, {d.target: d.overlay for d in plan.disks})
 
 
+def running_on_new_overlays(conn: libvirt.virConnect, plan: Plan) -> bool:
+    """True when an earlier attempt already started the domain on this revert's overlays."""
+    try:
+        dom = conn.lookupByUUIDString(plan.domain_uuid)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        raise
+    if not dom.isActive():
+        return False
+    live = DomainDef.parse(dom.XMLDesc(0))
+    return all(live.disk(d.target) is not None and live.disk(d.target).source == d.overlay for d in plan.disks)
+
+
 def restore_external(conn: libvirt.virConnect, plan: Plan, restore_xml: str | None) -> None:
     """Define first, so a running domain never has a stale persistent config; then start it paused."""
     definition = reverted_definition(plan)
     if plan.persistent:
         conn.defineXML(definition)
+    if running_on_new_overlays(conn, plan):
+        return
     if plan.load_memory:
         conn.restoreFlags(plan.memory_file, restore_xml, libvirt.VIR_DOMAIN_SAVE_PAUSED)
     elif plan.cold_boot:

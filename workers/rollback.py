@@ -77,7 +77,11 @@ def _put_back(conn, dom, plan: Plan, pre: dict, state: JournalState, actions: li
         safety.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
         actions.append(f"dropped the safety snapshot '{plan.safety_snapshot}' (its files are removed below)")
     if pre["active"]:
-        dom = _restart(conn, dom, plan, pre, state, actions)
+        try:
+            dom = _restart(conn, dom, plan, pre, state, actions)
+        except libvirt.libvirtError as err:  # the definition and files are back; running it is a bonus
+            actions.append(f"could not restart the domain: {err.get_error_message()}")
+            dom = _lookup(conn, plan.domain_uuid)
     if dom is not None and not pre["persistent"]:
         for xml in pre["snapshots"]:
             dom.snapshotCreateXML(xml, REDEFINE)

@@ -122,6 +122,7 @@ class Snapshot:
     memory: str  # LOCATION_*
     memory_file: str | None
     parent: str | None
+    creation_time: float
     disks: tuple[SnapshotDisk, ...]
     domain: DomainDef | None
     xml: str
@@ -140,6 +141,7 @@ class Snapshot:
             memory=memory_location,
             memory_file=memory.get("file") if memory is not None else None,
             parent=_text(root, "parent/name"),
+            creation_time=float(_text(root, "creationTime") or 0),
             disks=tuple(SnapshotDisk.parse(d, default_disk) for d in root.findall("disks/disk")),
             domain=DomainDef.parse(domain) if domain is not None else None,
             xml=xml,

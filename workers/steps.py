@@ -43,10 +43,15 @@ class StepContext:
     journal: Journal
     state: JournalState
     host: str
-    conn: libvirt.virConnect
+    uri: str
     store: Store
     config: Config
     locked_uuid: str | None = None  # set once validate holds the domain's cluster-wide lock
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        """The worker's connection, reopened if libvirtd restarted since the last call."""
+        return conns.connection(self.uri)
 
     @property
     def plan(self) -> Plan | None:

@@ -5,8 +5,10 @@ qemu-img, and one libvirt connection serves all of them.
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -48,8 +50,11 @@ def _heartbeat(store: Store, host: str, uri: str, interval: float, ttl: int) -> 
         time.sleep(interval)
 
 
-def _renew_locks(store: Store, cfg: Config) -> None:
-    """Keep the domain locks of this host's reverts in flight alive while their chains run."""
+def _housekeeping(host: str, uri: str, store: Store, cfg: Config) -> None:
+    """Keep the domain locks of this host's unfinished reverts alive while their chains run, and
+    settle the ones nobody has moved for `stale_after` seconds (e.g. a rollback that failed while
+    libvirtd was down)."""
+    last_recovery = time.monotonic()
     while True:
         time.sleep(cfg.lock_ttl / 3)
         try:
@@ -57,23 +62,27 @@ def _renew_locks(store: Store, cfg: Config) -> None:
                 lock = journal.state().lock
                 if lock:
                     locks.renew(store.redis, lock["uuid"], journal.revert_id, cfg.lock_ttl)
+            if time.monotonic() - last_recovery > cfg.stale_after:
+                last_recovery = time.monotonic()
+                recovery.recover(host, uri, store, cfg, in_flight_after=cfg.stale_after)
         except Exception:
-            log.warning("lock renewal failed", exc_info=True)
+            log.warning("housekeeping failed", exc_info=True)
 
 
 def main(host: str, uri: str, concurrency: int = 4, loglevel: str = "INFO") -> None:
     cfg = app.virt_revert_config
     logs.setup(cfg.log_format, loglevel)
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2 PID` dumps every thread's stack
     info = host_info(host, uri)  # fails fast, with libvirt's message, when libvirtd is unreachable
     log.info("worker starting", extra=info)
     binding = celery_tasks.bind(host, uri)
     store = binding.store
     # Before taking any message: settle what a previous worker of this host left half-done.
-    for report in recovery.recover(host, conns.connection(uri), store, cfg):
+    for report in recovery.recover(host, uri, store, cfg):
         log.warning("settled an interrupted revert", extra=report)
     threading.Thread(target=_heartbeat, args=(store, host, uri, cfg.heartbeat_interval, cfg.heartbeat_ttl),
                      name="heartbeat", daemon=True).start()
-    threading.Thread(target=_renew_locks, args=(store, cfg), name="lock-renewal", daemon=True).start()
+    threading.Thread(target=_housekeeping, args=(host, uri, store, cfg), name="housekeeping", daemon=True).start()
     app.worker_main([
         "worker", "--queues", host_queue(host), "--hostname", f"virt-revert@{host}",
         "--pool", "threads", "--concurrency", str(concurrency), "--task-events",

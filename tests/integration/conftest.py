@@ -5,6 +5,8 @@ Everything started here is stopped at the end by the PIDs started here.
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
 import subprocess
 import tempfile
@@ -29,12 +31,16 @@ def stack_dir():
     path = Path(tempfile.mkdtemp(prefix="virt-revert-it-", dir="/var/tmp"))
     path.chmod(0o755)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("VIRT_REVERT_KEEP_STACK"):  # set it to read the worker and libvirtd logs after a run
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def redis_server():
-    with RedisServer() as server:
+def redis_server(stack_dir):
+    # Persistent as in production (AOF, fsync always): the fault tests restart it mid-revert.
+    data = stack_dir / "redis"
+    data.mkdir()
+    with RedisServer(data_dir=data) as server:
         yield server
 
 
@@ -88,7 +94,7 @@ def worker(config, host, cluster, stack_dir):
         yield proc
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def conn(host):
     connection = open_connection(host.uri)
     yield connection
@@ -113,3 +119,54 @@ def revert(cluster, worker):
 
     return run
 
+
+
+FAULTY = "faulty"
+
+
+class FaultyHost:
+    """A second host name served by workers on the same libvirtd, started with fault points armed
+    (see workers/faults.py), crashed, and started again to recover."""
+
+    def __init__(self, config: Config, uri: str, cluster: Cluster, stack_dir: Path):
+        self.state_dir = stack_dir / "state-faulty"
+        self.config = dataclasses.replace(config, state_dir=str(self.state_dir))
+        self.uri, self.cluster, self.stack_dir = uri, cluster, stack_dir
+        self.proc: WorkerProcess | None = None
+
+    def start(self, faults: str = "", **settings) -> WorkerProcess:
+        self.stop()
+        env = env_for(dataclasses.replace(self.config, **settings))
+        env["VIRT_REVERT_FAULTS"] = faults
+        self.proc = WorkerProcess(FAULTY, self.uri, env, concurrency=4,
+                                  log_path=self.stack_dir / f"worker-{FAULTY}.log").start()
+        deadline = time.monotonic() + 30
+        while (self.cluster.store.host_info(FAULTY) or {}).get("pid") != self.proc.pid:
+            if self.proc.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker for {FAULTY} did not start; see {self.proc.log_path}")
+            time.sleep(0.1)
+        return self.proc
+
+    def wait_dead(self, timeout: float = 60) -> None:
+        self.proc.proc.wait(timeout)
+
+    def wait_paused(self, revert_id: str, point: str, timeout: float = 60) -> Path:
+        marker = self.state_dir / "faults" / f"{revert_id}.{point}"
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker never paused at {point}")
+            time.sleep(0.05)
+        return marker
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+
+@pytest.fixture
+def faulty(config, host, cluster, stack_dir):
+    faulty_host = FaultyHost(config, host.uri, cluster, stack_dir)
+    yield faulty_host
+    faulty_host.stop()

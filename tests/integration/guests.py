@@ -141,6 +141,15 @@ class GuestFactory:
             counter_guest.wait_for_counter(dom, 1, timeout=30)
         return guest
 
+    def reconnect(self, uri: str, guests: list[Guest]) -> None:
+        """After a libvirtd restart: a new connection for the factory and the given guests."""
+        from devstack.hosts import open_connection
+
+        self.conn = open_connection(uri, timeout=30)
+        for guest in guests:
+            guest.conn = self.conn
+            guest.refresh()
+
     def remove_all(self) -> None:
         for name in self.names:
             try:

@@ -63,7 +63,7 @@ def prune(conn: libvirt.virConnect, domain: str, *, keep: int, older_than: float
     report = PruneReport(domain, dry_run)
     safety = [s for s in dom.listAllSnapshots() if s.getName().startswith(SAFETY_PREFIX)]
     parsed = {s.getName(): Snapshot.parse(s.getXMLDesc(SECURE)) for s in safety}
-    newest_first = sorted(parsed, key=lambda n: parsed[n].creation_time, reverse=True)
+    newest_first = sorted(parsed, key=lambda n: _age_key(parsed[n]), reverse=True)
     now = time.time()
     victims = [n for i, n in enumerate(newest_first)
                if i >= keep and now - parsed[n].creation_time >= older_than]
@@ -85,6 +85,13 @@ def prune(conn: libvirt.virConnect, domain: str, *, keep: int, older_than: float
         for path in report.files:
             os.unlink(path)
     return report
+
+
+def _age_key(snap: Snapshot) -> tuple[float, int]:
+    """creationTime counts whole seconds; the change time of the files the snapshot created breaks ties."""
+    files = [d.source for d in snap.disks if d.source] + ([snap.memory_file] if snap.memory_file else [])
+    stamps = [os.stat(f).st_ctime_ns for f in files if os.path.exists(f)]
+    return snap.creation_time, min(stamps, default=0)
 
 
 def _in_use_without(conn: libvirt.virConnect, dom: libvirt.virDomain, victims: set[str]) -> set[str]:

@@ -26,3 +26,14 @@ def test_end_state_flags_are_exclusive(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args(["revert", "web1", "s1", "--running", "--stopped"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("12h", 43200), ("7d", 604800), ("15", 15)])
+def test_prune_ages(text, seconds):
+    assert parser().parse_args(["prune", "web1", "--older-than", text]).older_than == seconds
+
+
+def test_bad_age_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(["prune", "web1", "--older-than", "soon"])
+    assert "'soon' is not an age" in capsys.readouterr().err

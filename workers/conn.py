@@ -75,6 +75,28 @@ def is_connection_error(err: BaseException) -> bool:
         libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
 
 
+def find_domain(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
+    """The domain, or None when libvirt has no such domain (a stopped transient one, say)."""
+    try:
+        return conn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def find_snapshot(dom: libvirt.virDomain | None, name: str | None) -> libvirt.virDomainSnapshot | None:
+    """The snapshot, or None when the domain or the name is absent."""
+    if dom is None or not name:
+        return None
+    try:
+        return dom.snapshotLookupByName(name)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+            return None
+        raise
+
+
 def lookup_domain(conn: libvirt.virConnect, name_or_uuid: str) -> libvirt.virDomain:
     try:
         return conn.lookupByName(name_or_uuid)

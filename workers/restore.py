@@ -7,6 +7,7 @@ from typing import Callable
 
 import libvirt
 
+from workers.conn import find_domain
 from workers.plan import KIND_INTERNAL, Plan
 from workers.snapshot_xml import DomainDef, with_disk_sources
 
@@ -20,13 +21,8 @@ def reverted_definition(plan: Plan) -> str:
 
 def running_on_new_overlays(conn: libvirt.virConnect, plan: Plan) -> bool:
     """True when an earlier attempt already started the domain on this revert's overlays."""
-    try:
-        dom = conn.lookupByUUIDString(plan.domain_uuid)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return False
-        raise
-    if not dom.isActive():
+    dom = find_domain(conn, plan.domain_uuid)
+    if dom is None or not dom.isActive():
         return False
     live = DomainDef.parse(dom.XMLDesc(0))
     return all(live.disk(d.target) is not None and live.disk(d.target).source == d.overlay for d in plan.disks)

@@ -11,6 +11,7 @@ import os
 
 import libvirt
 
+from workers.conn import find_domain, find_snapshot
 from workers.journal import JournalState
 from workers.plan import KIND_INTERNAL, Plan
 from workers.probe import STATE_NAMES
@@ -19,33 +20,13 @@ from workers.snapshot_xml import DomainDef, with_disk_sources
 REDEFINE = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
 
 
-def _lookup(conn: libvirt.virConnect, uuid: str) -> libvirt.virDomain | None:
-    try:
-        return conn.lookupByUUIDString(uuid)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        raise
-
-
-def _snapshot(dom: libvirt.virDomain | None, name: str | None) -> libvirt.virDomainSnapshot | None:
-    if dom is None or not name:
-        return None
-    try:
-        return dom.snapshotLookupByName(name)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
-            return None
-        raise
-
-
 def roll_back(conn: libvirt.virConnect, state: JournalState) -> dict:
     """Put the domain back; return what was done, for the journal and the record."""
     plan, pre = Plan.from_dict(state.plan), state.pre
     actions: list[str] = []
-    dom = _lookup(conn, plan.domain_uuid)
+    dom = find_domain(conn, plan.domain_uuid)
     # Its name carries this revert's id: if it exists, this revert made it and its files.
-    safety_ours = state.did("safety-snapshot") or _snapshot(dom, plan.safety_snapshot) is not None
+    safety_ours = state.did("safety-snapshot") or find_snapshot(dom, plan.safety_snapshot) is not None
     if dom is not None and dom.isActive() and state.intended("restore"):
         dom.destroy()  # whatever runs now, this revert's restore started it
         actions.append("stopped the half-restored domain")
@@ -53,7 +34,7 @@ def roll_back(conn: libvirt.virConnect, state: JournalState) -> dict:
         _roll_back_internal(dom, plan, pre, state, actions)
     elif dom is not None and dom.isActive():
         actions.append("the domain was never stopped: it keeps running" +
-                       (" on the safety snapshot's overlays" if _snapshot(dom, plan.safety_snapshot) else ""))
+                       (" on the safety snapshot's overlays" if find_snapshot(dom, plan.safety_snapshot) else ""))
     else:
         dom = _put_back(conn, dom, plan, pre, state, actions)
     in_use = _files_in_use(dom)
@@ -63,7 +44,7 @@ def roll_back(conn: libvirt.virConnect, state: JournalState) -> dict:
         os.unlink(path)
         actions.append(f"removed {path}")
     end_state = STATE_NAMES.get(dom.state()[0]) if dom is not None else None
-    kept = plan.safety_snapshot if _snapshot(dom, plan.safety_snapshot) is not None else None
+    kept = plan.safety_snapshot if find_snapshot(dom, plan.safety_snapshot) is not None else None
     return {"actions": actions, "end_state": end_state, "safety_snapshot": kept}
 
 
@@ -72,7 +53,7 @@ def _put_back(conn, dom, plan: Plan, pre: dict, state: JournalState, actions: li
     if pre["persistent"]:
         dom = conn.defineXML(pre["definition"])
         actions.append("redefined the pre-revert definition")
-    safety = _snapshot(dom, plan.safety_snapshot)
+    safety = find_snapshot(dom, plan.safety_snapshot)
     if safety is not None:
         safety.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
         actions.append(f"dropped the safety snapshot '{plan.safety_snapshot}' (its files are removed below)")
@@ -81,7 +62,7 @@ def _put_back(conn, dom, plan: Plan, pre: dict, state: JournalState, actions: li
             dom = _restart(conn, dom, plan, pre, state, actions)
         except libvirt.libvirtError as err:  # the definition and files are back; running it is a bonus
             actions.append(f"could not restart the domain: {err.get_error_message()}")
-            dom = _lookup(conn, plan.domain_uuid)
+            dom = find_domain(conn, plan.domain_uuid)
     if dom is not None and not pre["persistent"]:
         for xml in pre["snapshots"]:
             dom.snapshotCreateXML(xml, REDEFINE)
@@ -116,12 +97,12 @@ def _restart(conn, dom, plan: Plan, pre: dict, state: JournalState, actions: lis
         actions.append("re-created the transient domain from its pre-revert XML (booted: no memory was saved)")
     else:
         actions.append("left shut off: its memory was not saved (--safety-memory keeps it)")
-    return _lookup(conn, plan.domain_uuid)
+    return find_domain(conn, plan.domain_uuid)
 
 
 def _roll_back_internal(dom, plan: Plan, pre: dict, state: JournalState, actions: list[str]) -> None:
     """libvirt reverted inside the image: revert again, to the internal safety snapshot."""
-    safety = _snapshot(dom, plan.safety_snapshot)
+    safety = find_snapshot(dom, plan.safety_snapshot)
     if safety is None or not state.intended("restore"):
         if dom is not None and not dom.isActive() and pre["active"]:
             actions.append("left shut off: no internal safety snapshot was taken")
@@ -137,7 +118,7 @@ def _roll_back_internal(dom, plan: Plan, pre: dict, state: JournalState, actions
 def _removable(dom, plan: Plan, state: JournalState, safety_ours: bool) -> list[str]:
     """The new overlays this revert claimed, and its safety snapshot's files once the snapshot is dropped."""
     paths = list(state.claimed_files)
-    if safety_ours and _snapshot(dom, plan.safety_snapshot) is None:
+    if safety_ours and find_snapshot(dom, plan.safety_snapshot) is None:
         paths += plan.safety_paths
     return paths
 

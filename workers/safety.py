@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
+from workers.conn import find_snapshot
 from workers.plan import KIND_INTERNAL, Plan
 from workers.snapshot_xml import LOCATION_EXTERNAL, LOCATION_NO
 
@@ -44,11 +45,7 @@ def safety_snapshot_flags(plan: Plan, active: bool) -> int:
 
 def take_safety_snapshot(dom: libvirt.virDomain, plan: Plan) -> bool:
     """Take it unless it exists (a redelivered step); True when taken now."""
-    try:
-        dom.snapshotLookupByName(plan.safety_snapshot)
+    if find_snapshot(dom, plan.safety_snapshot) is not None:
         return False
-    except libvirt.libvirtError as err:
-        if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
-            raise
     dom.snapshotCreateXML(safety_snapshot_xml(plan), safety_snapshot_flags(plan, bool(dom.isActive())))
     return True

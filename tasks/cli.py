@@ -42,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("revert", help="revert one domain to a snapshot")
     r.add_argument("domain", help="domain name or UUID")
     r.add_argument("snapshot", help="snapshot name, or 'current'")
-    r.add_argument("--host", help="host running the domain (default: the only live host, or default_host)")
+    r.add_argument("--host", help="host running the domain (default: the live host whose inventory has it)")
     state = r.add_mutually_exclusive_group()
     for flag in api.END_STATES:
         state.add_argument(f"--{flag}", dest="end_state", action="store_const", const=flag,
@@ -64,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("hosts", help="list hosts with a live worker")
     h.add_argument("--json", action="store_true")
+
+    ls = sub.add_parser("ls", help="list the domains of the live hosts, from the inventory")
+    ls.add_argument("--host", help="only this host")
+    ls.add_argument("--snapshot", help="only domains that have this snapshot")
+    ls.add_argument("--json", action="store_true")
 
     rc = sub.add_parser("recover", help="settle a host's interrupted reverts now (the worker does it at start)")
     rc.add_argument("--host")
@@ -146,10 +151,25 @@ def cmd_hosts(args: argparse.Namespace) -> ExitStatus:
     if args.json:
         print(json.dumps(live))
         return ExitStatus.SUCCESS
-    print(f" {'Host':<16} {'libvirt':<9} {'QEMU':<9} URI")
-    print("-" * 60)
+    print(f" {'Host':<16} {'libvirt':<9} {'QEMU':<9} {'Domains':>7}  URI")
+    print("-" * 72)
     for name, info in sorted(live.items()):
-        print(f" {name:<16} {info.get('libvirt_version', '?'):<9} {info.get('qemu_version', '?'):<9} {info.get('uri')}")
+        print(f" {name:<16} {info.get('libvirt_version', '?'):<9} {info.get('qemu_version', '?'):<9} "
+              f"{len(info.get('domains', ())):>7}  {info.get('uri')}")
+    return ExitStatus.SUCCESS
+
+
+def cmd_ls(args: argparse.Namespace) -> ExitStatus:
+    rows = api.default_cluster().inventory(args.host, args.snapshot)
+    if args.json:
+        print(json.dumps(rows))
+        return ExitStatus.SUCCESS
+    print(f" {'Host':<14} {'Domain':<24} {'State':<10} Snapshots (kind/state, * current)")
+    print("-" * 90)
+    for row in rows:
+        snaps = ", ".join(f"{s['name']}{'*' if s['current'] else ''} ({s['kind']}/{s['state']})"
+                          for s in row["snapshots"] if not args.snapshot or s["name"] == args.snapshot)
+        print(f" {row['host']:<14} {row['name']:<24} {row['state'] or '?':<10} {snaps or '-'}")
     return ExitStatus.SUCCESS
 
 
@@ -203,7 +223,7 @@ def cmd_worker(args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.SUCCESS
 
 
-COMMANDS = {"revert": cmd_revert, "status": cmd_status, "hosts": cmd_hosts, "recover": cmd_recover,
+COMMANDS = {"revert": cmd_revert, "status": cmd_status, "hosts": cmd_hosts, "ls": cmd_ls, "recover": cmd_recover,
             "prune": cmd_prune, "worker": cmd_worker}
 
 

@@ -24,7 +24,6 @@ class Config:
     redis_url: str = ""  # records, events, heartbeats; empty: the result backend
     storage_roots: tuple[str, ...] = ("/var/lib/libvirt/images",)
     state_dir: str = "/var/lib/virt-revert"
-    default_host: str = ""  # used when --host is omitted and several hosts are alive
     record_ttl: int = 7 * 24 * 3600  # seconds a revert's record is kept in Redis
     heartbeat_interval: float = 10.0
     heartbeat_ttl: int = 30  # a host is offline when its heartbeat is older than this

@@ -14,6 +14,7 @@ class ErrorCode(StrEnum):
     HOST_UNKNOWN = "host-unknown"
     HOST_OFFLINE = "host-offline"
     DOMAIN_NOT_FOUND = "domain-not-found"
+    DOMAIN_AMBIGUOUS = "domain-ambiguous"
     SNAPSHOT_NOT_FOUND = "snapshot-not-found"
     REVERT_RISKY = "revert-risky"
     MEMORY_STATE_MISSING = "memory-state-missing"
@@ -40,6 +41,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_DELIVERIES = "too-many-deliveries"
     INTERNAL_ERROR = "internal-error"
     IO_ERROR = "io-error"
+    NOT_STARTED = "not-started"
 
 
 HINTS: dict[ErrorCode, str] = {
@@ -47,6 +49,7 @@ HINTS: dict[ErrorCode, str] = {
     ErrorCode.HOST_UNKNOWN: "pass --host with a host that runs a virt-revert worker (`virt-revert hosts`)",
     ErrorCode.HOST_OFFLINE: "start the host's worker: `virt-revert worker --host NAME`",
     ErrorCode.DOMAIN_NOT_FOUND: "check the name with `virsh list --all` on that host",
+    ErrorCode.DOMAIN_AMBIGUOUS: "pass --host with one of the hosts listed",
     ErrorCode.SNAPSHOT_NOT_FOUND: "list snapshots with `virsh snapshot-list DOMAIN`",
     ErrorCode.REVERT_RISKY: "pass --allow-respawn to replace the running QEMU process",
     ErrorCode.MEMORY_STATE_MISSING: "pass --cold-boot to boot from the reverted disks, or --stopped",
@@ -72,6 +75,7 @@ HINTS: dict[ErrorCode, str] = {
     ErrorCode.WORKER_LOST: "the host's worker stopped mid-revert; its recovery settled the revert as recorded",
     ErrorCode.TOO_MANY_DELIVERIES: "a step kept failing its worker; see the worker log",
     ErrorCode.INTERNAL_ERROR: "a bug: please report it with the worker log",
+    ErrorCode.NOT_STARTED: "the batch was cancelled, stopped on an error, or the host went offline",
     ErrorCode.IO_ERROR: "check the storage (space, permissions) named in the message",
 }
 

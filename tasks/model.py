@@ -70,6 +70,7 @@ class RevertRequest:
     cold_boot: bool = False
     safety_snapshot: bool = True
     safety_memory: bool = False
+    batch_id: str | None = None  # set when the revert is an item of a batch
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

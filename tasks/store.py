@@ -93,6 +93,9 @@ class Store:
         pipe.sadd(HOSTS_KEY, host)
         pipe.execute()
 
+    def forget_host(self, host: str) -> None:
+        self.redis.delete(heartbeat_key(host))
+
     def host_info(self, host: str) -> dict[str, Any] | None:
         raw = self.redis.get(heartbeat_key(host))
         return None if raw is None else json.loads(raw)

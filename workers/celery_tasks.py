@@ -22,7 +22,7 @@ from tasks.store import Store
 from workers import conn as conns
 from workers import faults, prune, recovery, settle
 from workers.journal import Journal
-from workers.steps import STEP_FUNCTIONS, StepContext
+from workers.steps import STEP_FUNCTIONS, StepContext, dry_run
 
 log = logging.getLogger("virt_revert.worker")
 
@@ -139,3 +139,10 @@ def prune_domain(self, domain: str, keep: int, older_than: float, dry_run: bool)
     cfg = app.virt_revert_config
     return prune.prune(conns.connection(_binding.uri), domain, keep=keep, older_than=older_than, dry_run=dry_run,
                        storage_roots=cfg.storage_roots).to_dict()
+
+
+@app.task(name=f"{HOST_TASK_NAMESPACE}.plan", bind=True, ignore_result=False)
+def plan_revert(self, request: dict[str, Any]) -> dict[str, Any]:
+    """A batch's --dry-run: validate one revert, change nothing."""
+    assert _binding is not None
+    return dry_run(conns.connection(_binding.uri), RevertRequest.from_dict(request), app.virt_revert_config)

@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _conn: libvirt.virConnect | None = None
 _loop_started = False
+_on_connect: list = []  # called with each new connection, e.g. to register event callbacks
+
+
+def on_connect(hook) -> None:
+    """Run `hook(conn)` on every connection opened from now on (reconnections included)."""
+    _on_connect.append(hook)
 
 
 def _ignore_errors(_ctx, _err) -> None:
@@ -58,6 +64,8 @@ def connection(uri: str) -> libvirt.virConnect:
         conn = libvirt.open(uri)
         conn.setKeepAlive(5, 3)
         conn.registerCloseCallback(_on_close, None)
+        for hook in _on_connect:
+            hook(conn)
         _conn = conn
         return conn
 

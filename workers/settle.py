@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 from tasks import locks
+from tasks.app import app
+from tasks.batch import Batches
 from tasks.errors import ErrorCode, Refusal, RevertError, StepFailure
 from tasks.model import STEPS, RevertState, StepStatus, finished_entry, step_entry
 from workers import rollback
@@ -44,6 +46,10 @@ def _finish(ctx: StepContext, state: RevertState, **fields: Any) -> None:
         safety = recovery["safety_snapshot"]
     ctx.store.append(ctx.request.revert_id, finished_entry(
         state, time.time(), created_files=[f for f in files if os.path.exists(f)], safety_snapshot=safety, **fields))
+    if ctx.request.batch_id:  # the next items of its batch may start now
+        batches = Batches(ctx.store, app)
+        batches.item_finished(ctx.request.batch_id, ctx.request.revert_id, ctx.request.host, state)
+        batches.advance(ctx.request.batch_id)
 
 
 def succeeded(ctx: StepContext) -> None:

@@ -86,14 +86,46 @@ class StepContext:
                                                    f"holds the domain's lock; stopping before it changes anything")
 
 
+@dataclass
+class Target:
+    """The domain and snapshot a request names, as libvirt has them now."""
+
+    dom: libvirt.virDomain
+    snapshot_handle: libvirt.virDomainSnapshot
+    snapshot_xml: str
+    snapshot: Snapshot
+    facts: probe.DomainFacts
+
+
+def look_up(conn: libvirt.virConnect, request: RevertRequest) -> Target:
+    dom = conns.lookup_domain(conn, request.domain)
+    handle = conns.lookup_snapshot(dom, request.snapshot)
+    xml = handle.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
+    return Target(dom, handle, xml, Snapshot.parse(xml), probe.domain_facts(dom))
+
+
+def dry_run(conn: libvirt.virConnect, request: RevertRequest, config: Config) -> dict[str, Any]:
+    """What validate would decide, without taking the lock or writing anything."""
+    try:
+        target = look_up(conn, request)
+        host_probe = probe.host_probe(target.snapshot, target.facts, config)
+        plan = make_plan(request, target.snapshot, target.facts, host_probe)
+    except Refusal as refusal:
+        return {"domain": request.domain, "refusal": refusal.to_dict()}
+    risks = list(plan.risks)
+    if children := target.snapshot_handle.numChildren():
+        risks.append(f"{children} child snapshot(s): kept, still revertible")
+    free = min((d.free_bytes for d in host_probe.dirs.values()), default=0)
+    return {"domain": request.domain, "current_state": target.facts.state, "end_state": str(plan.end_state),
+            "kind": plan.kind, "load_memory": plan.load_memory, "risks": risks, "free_bytes": free,
+            "refusal": None}
+
+
 def validate(ctx: StepContext) -> Outcome:
     if ctx.state.begun:
         return skipped("validated by an earlier delivery")
-    dom = conns.lookup_domain(ctx.conn, ctx.request.domain)
-    snapshot_xml = conns.lookup_snapshot(dom, ctx.request.snapshot).getXMLDesc(
-        libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
-    snapshot = Snapshot.parse(snapshot_xml)
-    facts = probe.domain_facts(dom)
+    target = look_up(ctx.conn, ctx.request)
+    dom, snapshot_xml, snapshot, facts = target.dom, target.snapshot_xml, target.snapshot, target.facts
     for other in unfinished(ctx.config.state_dir):
         if other.revert_id != ctx.request.revert_id and other.state().plan.get("domain_uuid") == facts.uuid:
             raise Refusal(ErrorCode.REVERT_IN_FLIGHT, f"{ctx.where}: domain busy, revert {other.revert_id} is "

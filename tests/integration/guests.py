@@ -124,10 +124,10 @@ class GuestFactory:
         self.names: list[str] = []
 
     def create(self, *, start: bool = True, transient: bool = False, images: Path | None = None,
-               memory_mib: int = 64) -> Guest:
-        name = f"vrt-{uuid.uuid4().hex[:8]}"
+               memory_mib: int = 64, name: str | None = None) -> Guest:
+        name = name or f"vrt-{uuid.uuid4().hex[:8]}"
         images = images or self.images
-        base = counter_guest.build_disk(images / f"{name}.base.qcow2")
+        base = counter_guest.build_disk(images / f"{name}.{uuid.uuid4().hex[:4]}.base.qcow2")
         xml = counter_guest.domain_xml(name, base, virt_type=VIRT_TYPE, memory_mib=memory_mib)
         self.names.append(name)
         if transient:

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tasks.api import RevertHandle
-from tests.integration.conftest import HOST, worker_env
+from tests.integration.conftest import HOST, wait_in_inventory, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -43,10 +43,11 @@ def test_revert_json_and_status(guests, cli):
     assert status.returncode == 0 and json.loads(status.stdout) == record
 
 
-def test_revert_shows_each_step(guests, cli):
+def test_revert_shows_each_step(guests, cli, cluster):
     g = guests.create()
     g.snapshot("s1", memory=True)
-    done = cli("revert", g.name, "s1", "--allow-respawn")  # --host omitted: the only live host
+    wait_in_inventory(cluster, g.name, HOST)
+    done = cli("revert", g.name, "s1", "--allow-respawn")  # --host omitted: found in the inventory
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"Reverting domain '{g.name}' to snapshot 's1' on host '{HOST}'")

@@ -227,7 +227,7 @@ def select_batch(snapshot: str, patterns: Iterable[str] = (), domains: Iterable[
     from tasks.batch import select
 
     cluster = cluster or default_cluster()
-    return select(cluster.inventory(), snapshot, patterns, domains, hosts)
+    return select(cluster.inventory(), patterns, domains, hosts)
 
 
 def plan_batch(snapshot: str, patterns: Iterable[str] = (), domains: Iterable[str] = (),

@@ -179,3 +179,57 @@ def faulty(config, host, cluster, stack_dir):
     faulty_host = FaultyHost(config, host.uri, cluster, stack_dir)
     yield faulty_host
     faulty_host.stop()
+
+
+EXTRA_HOSTS = ("hv-b", "hv-c")
+
+
+class ClusterHost:
+    """One more simulated hypervisor host with its worker, which a test may kill and start again."""
+
+    def __init__(self, name: str, libvirt_host: LibvirtHost, config: Config, cluster: Cluster, stack_dir: Path):
+        self.name, self.libvirt, self.cluster = name, libvirt_host, cluster
+        self.env = env_for(dataclasses.replace(config, storage_roots=(str(libvirt_host.images_dir),)))
+        self.log = stack_dir / f"worker-{name}.log"
+        self.worker: WorkerProcess | None = None
+
+    def start_worker(self) -> None:
+        self.worker = WorkerProcess(self.name, self.libvirt.uri, self.env, concurrency=4, log_path=self.log).start()
+        deadline = time.monotonic() + 30
+        while (self.cluster.store.host_info(self.name) or {}).get("pid") != self.worker.pid:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker for {self.name} sent no heartbeat")
+            time.sleep(0.1)
+
+    def kill_worker(self) -> None:
+        self.worker.proc.kill()
+        self.worker.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def extra_hosts(config, cluster, stack_dir, worker):
+    """Two more libvirtd daemons side by side with the session's, each with its worker."""
+    started: dict[str, ClusterHost] = {}
+    try:
+        for name in EXTRA_HOSTS:
+            started[name] = ClusterHost(name, LibvirtHost(name, stack_dir / name).start(), config, cluster,
+                                        stack_dir)
+            started[name].start_worker()
+        yield started
+    finally:
+        for extra in started.values():
+            if extra.worker is not None:
+                extra.worker.stop()
+            extra.libvirt.stop()
+
+
+@pytest.fixture
+def fleet(extra_hosts, host):
+    """A guest factory per host: the session's host and the two extra ones."""
+    uris = {HOST: (host.uri, host.images_dir), **{n: (h.libvirt.uri, h.libvirt.images_dir)
+                                                   for n, h in extra_hosts.items()}}
+    factories = {name: GuestFactory(open_connection(uri), Path(images)) for name, (uri, images) in uris.items()}
+    yield factories
+    for factory in factories.values():
+        factory.remove_all()
+        factory.conn.close()

@@ -2,52 +2,16 @@
 each; the inventory, `ls`/`hosts`, and reverts routed by it."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 
-from devstack.hosts import LibvirtHost, open_connection
-from devstack.workers import WorkerProcess
 from tasks import api
-from tests.integration.conftest import HOST, env_for, wait_for_host, wait_in_inventory
-from tests.integration.guests import GuestFactory
+from tests.integration.conftest import EXTRA_HOSTS, HOST, env_for, wait_in_inventory
 
 pytestmark = pytest.mark.integration
-EXTRA_HOSTS = ("hv-b", "hv-c")
-
-
-@pytest.fixture(scope="module")
-def hosts(config, cluster, stack_dir, worker, host):
-    """The session's host plus two more, each with its worker and its own storage root."""
-    started = {HOST: host}
-    workers = []
-    try:
-        for name in EXTRA_HOSTS:
-            extra = LibvirtHost(name, stack_dir / name).start()
-            started[name] = extra
-            env = env_for(dataclasses.replace(config, storage_roots=(str(extra.images_dir),)))
-            workers.append(WorkerProcess(name, extra.uri, env, log_path=stack_dir / f"worker-{name}.log").start())
-            wait_for_host(cluster, name)
-        yield started
-    finally:
-        for proc in workers:
-            proc.stop()
-        for name in EXTRA_HOSTS:
-            if name in started:
-                started[name].stop()
-
-
-@pytest.fixture
-def fleet(hosts):
-    """A guest factory per host."""
-    factories = {name: GuestFactory(open_connection(h.uri), h.images_dir) for name, h in hosts.items()}
-    yield factories
-    for factory in factories.values():
-        factory.remove_all()
-        factory.conn.close()
 
 
 def ls(config, *args):

@@ -195,7 +195,7 @@ class Batches:
 
     def _settle_lost_hosts(self, spec: BatchSpec) -> None:
         """Items on a host whose worker is gone: in flight -> failed, pending -> not started."""
-        live = self.store.live_hosts()
+        live = self.store.live_host_names()
         redis, now = self.store.redis, time.time()
         by_id = {item.revert_id: item for item in spec.items}
         for raw in redis.smembers(batch_key(spec.batch_id, "running")):

@@ -103,6 +103,14 @@ class Store:
     def known_hosts(self) -> set[str]:
         return {h.decode() for h in self.redis.smembers(HOSTS_KEY)}
 
+    def live_host_names(self) -> set[str]:
+        """The hosts with a live heartbeat, without fetching their inventories."""
+        hosts = sorted(self.known_hosts())
+        pipe = self.redis.pipeline(transaction=False)
+        for host in hosts:
+            pipe.exists(heartbeat_key(host))
+        return {h for h, alive in zip(hosts, pipe.execute()) if alive}
+
     def live_hosts(self) -> dict[str, dict[str, Any]]:
         hosts = sorted(self.known_hosts())
         values = self.redis.mget([heartbeat_key(h) for h in hosts]) if hosts else []

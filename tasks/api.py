@@ -191,7 +191,7 @@ class BatchHandle:
 
         self.id = batch_id
         self.cluster = cluster or default_cluster()
-        self.batches = Batches(self.cluster.store, self.cluster.app)
+        self.batches = Batches(self.cluster.store, self.cluster.app, self.cluster.config.host_lost_after)
 
     def __repr__(self) -> str:
         return f"<BatchHandle {self.id}>"
@@ -263,5 +263,5 @@ def revert_batch(snapshot: str, patterns: Iterable[str] = (), domains: Iterable[
     cluster = cluster or default_cluster()
     items = select_batch(snapshot, patterns, domains, hosts, cluster)
     spec = BatchSpec(new_batch_id(), snapshot, tuple(items), flags, max_per_host, max_total, stop_on_error)
-    Batches(cluster.store, cluster.app).create(spec)
+    Batches(cluster.store, cluster.app, cluster.config.host_lost_after).create(spec)
     return BatchHandle(spec.batch_id, cluster)

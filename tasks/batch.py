@@ -132,8 +132,8 @@ def select(inventory: Iterable[dict[str, Any]], patterns: Iterable[str] = (),
 class Batches:
     """Batch operations over one Redis store and Celery app (clients and workers alike)."""
 
-    def __init__(self, store: Store, app: Celery):
-        self.store, self.app = store, app
+    def __init__(self, store: Store, app: Celery, host_lost_after: float = 90.0):
+        self.store, self.app, self.host_lost_after = store, app, host_lost_after
 
     def create(self, spec: BatchSpec) -> None:
         """Record the batch and each item's revert as requested (or refused), then start what the limits allow."""
@@ -194,13 +194,15 @@ class Batches:
                 ErrorCode.NOT_STARTED, f"revert {revert_id} was not started: batch {batch_id} {why}").to_dict()))
 
     def _settle_lost_hosts(self, spec: BatchSpec) -> None:
-        """Items on a host whose worker is gone: in flight -> failed, pending -> not started."""
-        live = self.store.live_host_names()
+        """Items on a host not heard from for `host_lost_after` s: in flight -> failed, pending -> not started."""
+        lost = self.store.lost_hosts(self.host_lost_after)
+        if not lost & {item.host for item in spec.items}:
+            return
         redis, now = self.store.redis, time.time()
         by_id = {item.revert_id: item for item in spec.items}
         for raw in redis.smembers(batch_key(spec.batch_id, "running")):
             item = by_id[raw.decode()]
-            if item.host in live or self.store.record(item.revert_id).state.finished:
+            if item.host not in lost or self.store.record(item.revert_id).state.finished:
                 continue
             if self.item_finished(spec.batch_id, item.revert_id, item.host, RevertState.FAILED):
                 self.store.append(item.revert_id, finished_entry(RevertState.FAILED, now, error=Refusal(
@@ -209,7 +211,7 @@ class Batches:
                 ).to_dict()))
         for entry in redis.lrange(batch_key(spec.batch_id, "pending"), 0, -1):
             revert_id, host = entry.decode().split("|", 1)
-            if host not in live and redis.lrem(batch_key(spec.batch_id, "pending"), 1, entry):
+            if host in lost and redis.lrem(batch_key(spec.batch_id, "pending"), 1, entry):
                 self.store.append(revert_id, finished_entry(RevertState.REFUSED, now, error=Refusal(
                     ErrorCode.NOT_STARTED, f"revert {revert_id} was not started: host '{host}' is offline"
                 ).to_dict()))

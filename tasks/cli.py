@@ -374,8 +374,10 @@ def cmd_worker(args: argparse.Namespace) -> ExitStatus:
     return ExitStatus.SUCCESS
 
 
-COMMANDS = {"revert": cmd_revert, "batch": cmd_batch, "cancel": cmd_cancel, "status": cmd_status, "hosts": cmd_hosts, "ls": cmd_ls, "recover": cmd_recover,
-            "prune": cmd_prune, "worker": cmd_worker}
+COMMANDS = {
+    "revert": cmd_revert, "batch": cmd_batch, "cancel": cmd_cancel, "status": cmd_status, "hosts": cmd_hosts,
+    "ls": cmd_ls, "recover": cmd_recover, "prune": cmd_prune, "worker": cmd_worker,
+}
 
 
 def _print_progress(record: dict[str, Any], printed: set[str], out: TextIO) -> None:

@@ -27,6 +27,7 @@ class Config:
     record_ttl: int = 7 * 24 * 3600  # seconds a revert's record is kept in Redis
     heartbeat_interval: float = 10.0
     heartbeat_ttl: int = 30  # a host is offline when its heartbeat is older than this
+    host_lost_after: float = 90.0  # a batch gives up on a host's items after this long without heartbeat
     lock_ttl: int = 60  # seconds a domain's lock outlives a lost worker; renewed every lock_ttl/3
     stale_after: float = 300.0  # on-demand recovery leaves a revert alone if its journal moved this recently
     space_reserve: int = 64 * 1024 * 1024  # bytes a storage root keeps free after a revert

@@ -61,7 +61,7 @@ HINTS: dict[ErrorCode, str] = {
     ErrorCode.SNAPSHOT_NO_DOMAIN: "pass --force to use the domain's current definition",
     ErrorCode.BACKING_MISSING: "restore the file; the snapshot cannot be reverted without it",
     ErrorCode.BACKING_UNREADABLE: "check the file's permissions",
-    ErrorCode.FILE_OUTSIDE_ROOTS: "add its directory to VIRT_REVERT_STORAGE_ROOTS (or storage_roots in the config file)",
+    ErrorCode.FILE_OUTSIDE_ROOTS: "add its directory to VIRT_REVERT_STORAGE_ROOTS (storage_roots in the config)",
     ErrorCode.INSUFFICIENT_SPACE: "free space on that storage root, or revert without --safety-memory",
     ErrorCode.BLOCK_JOB_RUNNING: "wait for the job (`virsh blockjob DOMAIN DISK --info`) or abort it",
     ErrorCode.REVERT_IN_FLIGHT: "wait for that revert: `virt-revert status ID`",

@@ -20,6 +20,7 @@ from tasks.model import RevertRecord, fold
 PREFIX = "virt-revert"
 EVENTS_KEY = f"{PREFIX}:events"
 HOSTS_KEY = f"{PREFIX}:hosts"  # every host ever seen: tells "unknown" from "offline"
+SEEN_KEY = f"{PREFIX}:hosts:seen"  # host -> time of its last heartbeat
 EVENTS_MAXLEN = 100_000
 
 # Publish a revert's events once: a redelivered emit step finds the marker and adds nothing.
@@ -91,6 +92,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(heartbeat_key(host), json.dumps(info), ex=ttl)
         pipe.sadd(HOSTS_KEY, host)
+        pipe.hset(SEEN_KEY, host, time.time())
         pipe.execute()
 
     def forget_host(self, host: str) -> None:
@@ -103,18 +105,23 @@ class Store:
     def known_hosts(self) -> set[str]:
         return {h.decode() for h in self.redis.smembers(HOSTS_KEY)}
 
+    def lost_hosts(self, after: float) -> set[str]:
+        """Hosts not heard from for `after` seconds: a late heartbeat is not a lost host."""
+        now = time.time()
+        return {h.decode() for h, seen in self.redis.hgetall(SEEN_KEY).items() if now - float(seen) > after}
+
     def live_host_names(self) -> set[str]:
         """The hosts with a live heartbeat, without fetching their inventories."""
         hosts = sorted(self.known_hosts())
         pipe = self.redis.pipeline(transaction=False)
         for host in hosts:
             pipe.exists(heartbeat_key(host))
-        return {h for h, alive in zip(hosts, pipe.execute()) if alive}
+        return {h for h, alive in zip(hosts, pipe.execute(), strict=True) if alive}
 
     def live_hosts(self) -> dict[str, dict[str, Any]]:
         hosts = sorted(self.known_hosts())
         values = self.redis.mget([heartbeat_key(h) for h in hosts]) if hosts else []
-        return {h: json.loads(v) for h, v in zip(hosts, values) if v is not None}
+        return {h: json.loads(v) for h, v in zip(hosts, values, strict=True) if v is not None}
 
     # Events
     def publish_events_once(self, revert_id: str, events: list[dict[str, Any]]) -> bool:

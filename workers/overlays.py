@@ -17,7 +17,8 @@ def claim(path: str) -> None:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-        raise StepFailure(ErrorCode.OVERLAY_EXISTS, f"overlay path '{path}' already exists; nothing was written to it")
+        raise StepFailure(ErrorCode.OVERLAY_EXISTS,
+                          f"overlay path '{path}' already exists; nothing was written to it") from None
     os.close(fd)
 
 

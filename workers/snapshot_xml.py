@@ -77,7 +77,9 @@ class DomainDef:
     def parse(cls, node_or_xml: ET.Element | str) -> "DomainDef":
         node = ET.fromstring(node_or_xml) if isinstance(node_or_xml, str) else node_or_xml
         memory = node.find("memory")
-        kib = int(memory.text) * _UNIT_KIB.get(memory.get("unit", "KiB"), 1) if memory is not None and memory.text else 0
+        kib = 0
+        if memory is not None and memory.text:
+            kib = int(int(memory.text) * _UNIT_KIB.get(memory.get("unit", "KiB"), 1))
         return cls(
             name=_text(node, "name") or "",
             uuid=_text(node, "uuid") or "",

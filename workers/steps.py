@@ -153,7 +153,7 @@ def open_memory_image(ctx: StepContext) -> Outcome:
     except libvirt.libvirtError as err:
         raise Refusal(ErrorCode.MEMORY_IMAGE_INVALID,
                       f"{ctx.where}: memory image '{plan.memory_file}' cannot be read by libvirt: "
-                      f"{err.get_error_message()}")
+                      f"{err.get_error_message()}") from err
     saved = DomainDef.parse(saved_xml)
     target = DomainDef.parse(plan.definition)
     if (saved.uuid, saved.name) != (target.uuid, target.name):

@@ -65,7 +65,8 @@ def small_root(stack_dir):
 @pytest.fixture(scope="session")
 def config(redis_server, host, stack_dir, small_root) -> Config:
     return Config(broker_url=redis_server.url, storage_roots=(str(host.images_dir), str(small_root)),
-                  state_dir=str(stack_dir / "state"), heartbeat_interval=1, heartbeat_ttl=3)
+                  state_dir=str(stack_dir / "state"), heartbeat_interval=1, heartbeat_ttl=5,
+                  host_lost_after=10)
 
 
 def worker_env(config: Config) -> dict[str, str]:

@@ -81,10 +81,11 @@ def wait_for_host(cluster: Cluster, name: str, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-def wait_in_inventory(cluster: Cluster, domain: str, host: str, timeout: float = 30) -> None:
-    """Until the host's worker has published an inventory that lists the domain."""
+def wait_in_inventory(cluster: Cluster, domain: str, host: str, snapshot: str | None = None,
+                      timeout: float = 30) -> None:
+    """Until the host's worker has published an inventory that lists the domain (with `snapshot`)."""
     deadline = time.monotonic() + timeout
-    while not any(row["name"] == domain for row in cluster.inventory(host)):
+    while not any(row["name"] == domain for row in cluster.inventory(host, snapshot)):
         if time.monotonic() > deadline:
             raise TimeoutError(f"domain {domain} not in {host}'s inventory after {timeout} s")
         time.sleep(0.05)

@@ -25,7 +25,7 @@ def test_inventory_lists_each_hosts_domains_and_snapshots(fleet, cluster, config
     guests = {name: factory.create() for name, factory in fleet.items()}
     for name, g in guests.items():
         g.snapshot("golden", memory=True)
-        wait_in_inventory(cluster, g.name, name)
+        wait_in_inventory(cluster, g.name, name, snapshot="golden")
     assert set(cluster.store.live_hosts()) >= {HOST, *EXTRA_HOSTS}
     rows = {row["name"]: row for row in ls(config, "--snapshot", "golden")}
     for name, g in guests.items():

@@ -155,9 +155,9 @@ class Batches:
         raw = self.store.redis.get(batch_key(batch_id))
         return None if raw is None else BatchSpec.from_json(raw)
 
-    def advance(self, batch_id: str) -> list[str]:
+    def advance(self, batch_id: str, spec: BatchSpec | None = None) -> list[str]:
         """Settle items whose host went offline, then start pending items within the limits."""
-        spec = self.spec(batch_id)
+        spec = spec or self.spec(batch_id)
         if spec is None:
             return []
         self._settle_lost_hosts(spec)
@@ -171,9 +171,16 @@ class Batches:
             ids.append(revert_id)
         return ids
 
-    def item_finished(self, batch_id: str, revert_id: str, host: str, state: RevertState) -> bool:
-        """Count a revert of the batch as ended (once); stop the batch on error if asked."""
+    def item_ended(self, batch_id: str, revert_id: str, host: str, state: RevertState) -> None:
+        """A revert of the batch settled (seen by its worker): count it, then start what may start."""
         spec = self.spec(batch_id)
+        self.item_finished(batch_id, revert_id, host, state, spec)
+        self.advance(batch_id, spec)
+
+    def item_finished(self, batch_id: str, revert_id: str, host: str, state: RevertState,
+                      spec: BatchSpec | None = None) -> bool:
+        """Count a revert of the batch as ended (once); stop the batch on error if asked."""
+        spec = spec or self.spec(batch_id)
         counted = bool(self.store.redis.eval(_FINISHED, 2, batch_key(batch_id, "running"),
                                              batch_key(batch_id, "inflight"), revert_id, host))
         if counted and spec and spec.stop_on_error and state is not RevertState.SUCCEEDED:
@@ -204,7 +211,7 @@ class Batches:
             item = by_id[raw.decode()]
             if item.host not in lost or self.store.record(item.revert_id).state.finished:
                 continue
-            if self.item_finished(spec.batch_id, item.revert_id, item.host, RevertState.FAILED):
+            if self.item_finished(spec.batch_id, item.revert_id, item.host, RevertState.FAILED, spec):
                 self.store.append(item.revert_id, finished_entry(RevertState.FAILED, now, error=Refusal(
                     ErrorCode.HOST_OFFLINE, f"the worker of host '{item.host}' stopped during revert "
                                             f"{item.revert_id}; its recovery settles the domain when it restarts"

@@ -21,7 +21,7 @@ from tasks.model import STEPS, RevertRequest, StepStatus, step_entry
 from tasks.store import Store
 from workers import conn as conns
 from workers import faults, prune, recovery, settle
-from workers.journal import Journal
+from workers.journal import Journal, JournalState
 from workers.steps import STEP_FUNCTIONS, StepContext, dry_run
 
 log = logging.getLogger("virt_revert.worker")
@@ -48,10 +48,9 @@ def bind(host: str, uri: str) -> Binding:
     return _binding
 
 
-def context(request: RevertRequest, journal: Journal) -> StepContext:
+def context(request: RevertRequest, journal: Journal, state: JournalState) -> StepContext:
     assert _binding is not None, "worker not bound to a host: call workers.celery_tasks.bind"
-    return StepContext(request, journal, journal.state(), _binding.host, _binding.uri, _binding.store,
-                       app.virt_revert_config)
+    return StepContext(request, journal, state, _binding.host, _binding.uri, _binding.store, app.virt_revert_config)
 
 
 def run_step(task, step: str, message: dict[str, Any]) -> dict[str, Any]:
@@ -69,14 +68,15 @@ def run_step(task, step: str, message: dict[str, Any]) -> dict[str, Any]:
                      extra={"revert_id": request.revert_id, "step": step, "outcome": state.outcome})
             raise Ignore()
         started = time.time()
-        journal.append("step", step=step, status="started")
+        earlier_starts = state.starts[step]
+        state.apply(journal.append("step", step=step, status="started"))
         _binding.store.append(request.revert_id, step_entry(step, StepStatus.STARTED, started))
         ctx = None
         try:
-            ctx = context(request, journal)
-            if state.starts[step] >= MAX_DELIVERIES:
+            ctx = context(request, journal, state)
+            if earlier_starts >= MAX_DELIVERIES:
                 raise StepFailure(ErrorCode.TOO_MANY_DELIVERIES, f"{ctx.where}: step {step} was started "
-                                                                 f"{state.starts[step] + 1} times without ending")
+                                                                 f"{earlier_starts + 1} times without ending")
             ctx.checkpoint(f"{step}:before")
             outcome = _run(STEP_FUNCTIONS[step], ctx)
         except Exception as exc:

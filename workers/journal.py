@@ -68,6 +68,29 @@ class JournalState:
         snapshot's files, may ever be removed by it."""
         return [path for action, path in self.done if action == "claim" and path]
 
+    def apply(self, entry: dict[str, Any]) -> None:
+        """Fold one more entry in: a step keeps its state current without re-reading the file."""
+        kind = entry["type"]
+        if kind == "begin":
+            self.begun = True
+            self.request, self.plan, self.pre = entry["request"], entry["plan"], entry["pre"]
+            self.snapshot_xml, self.lock = entry["snapshot_xml"], entry.get("lock", {})
+        elif kind == "step":
+            if entry["status"] == "started":
+                self.starts[entry["step"]] += 1
+            else:
+                self.ended_steps[entry["step"]] = entry.get("detail", {})
+        elif kind == "intent":
+            self.intents.append((entry["action"], entry.get("path")))
+        elif kind == "done":
+            self.done.append((entry["action"], entry.get("path")))
+        elif kind == "memory":
+            self.restore_xml = entry["restore_xml"]
+        elif kind == "transient":
+            self.transient_snapshots = entry["snapshots"]
+        elif kind == "end":
+            self.outcome = entry["outcome"]
+
     @property
     def restored(self) -> bool:
         """Past the point of no return: the domain runs (or is defined) on the target."""
@@ -84,24 +107,31 @@ class Journal:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def append(self, kind: str, **fields: Any) -> None:
-        """Write one entry and fsync it (and, for a new file, its directory) before returning."""
-        new = not self.path.exists()
-        if new:
-            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        line = json.dumps({"type": kind, "at": time.time(), **fields}) + "\n"
+    @property
+    def marker(self) -> Path:
+        """Present while the revert is unfinished, so recovery and validate scan only those."""
+        return self.directory / "active" / self.revert_id
+
+    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Write one entry and fsync it (and the directories, when it opens or ends the journal)
+        before returning it."""
+        entry = {"type": kind, "at": time.time(), **fields}
+        self.marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, line.encode())
+            first = os.fstat(fd).st_size == 0
+            if first:
+                self.marker.touch()
+            os.write(fd, (json.dumps(entry) + "\n").encode())
             os.fsync(fd)
         finally:
             os.close(fd)
-        if new:
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        if kind == "end":
+            self.marker.unlink(missing_ok=True)
+        if first or kind == "end":
+            for directory in (self.directory, self.marker.parent):
+                _fsync_dir(directory)
+        return entry
 
     def entries(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -134,33 +164,30 @@ class Journal:
 def fold(revert_id: str, entries: list[dict[str, Any]]) -> JournalState:
     state = JournalState(revert_id)
     for entry in entries:
-        kind = entry["type"]
-        if kind == "begin":
-            state.begun = True
-            state.request, state.plan, state.pre = entry["request"], entry["plan"], entry["pre"]
-            state.snapshot_xml, state.lock = entry["snapshot_xml"], entry.get("lock", {})
-        elif kind == "step":
-            if entry["status"] == "started":
-                state.starts[entry["step"]] += 1
-            else:
-                state.ended_steps[entry["step"]] = entry.get("detail", {})
-        elif kind == "intent":
-            state.intents.append((entry["action"], entry.get("path")))
-        elif kind == "done":
-            state.done.append((entry["action"], entry.get("path")))
-        elif kind == "memory":
-            state.restore_xml = entry["restore_xml"]
-        elif kind == "transient":
-            state.transient_snapshots = entry["snapshots"]
-        elif kind == "end":
-            state.outcome = entry["outcome"]
+        state.apply(entry)
     return state
 
 
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def unfinished(state_dir: str | os.PathLike) -> list[Journal]:
-    """Journals on this host whose revert has no end: what recovery must settle."""
-    directory = Path(state_dir) / "journal"
-    if not directory.is_dir():
+    """Journals on this host whose revert has no end: what recovery must settle.
+
+    Reads only the journals marked active, not every journal the host ever wrote."""
+    active = Path(state_dir) / "journal" / "active"
+    if not active.is_dir():
         return []
-    journals = [Journal(state_dir, p.stem) for p in sorted(directory.glob("*.jsonl"))]
-    return [j for j in journals if j.state().outcome is None]
+    journals = []
+    for marker in sorted(active.iterdir()):
+        journal = Journal(state_dir, marker.name)
+        if journal.state().outcome is None:
+            journals.append(journal)
+        else:  # a crash between writing "end" and removing the marker
+            marker.unlink(missing_ok=True)
+    return journals

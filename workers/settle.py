@@ -47,9 +47,8 @@ def _finish(ctx: StepContext, state: RevertState, **fields: Any) -> None:
     ctx.store.append(ctx.request.revert_id, finished_entry(
         state, time.time(), created_files=[f for f in files if os.path.exists(f)], safety_snapshot=safety, **fields))
     if ctx.request.batch_id:  # the next items of its batch may start now
-        batches = Batches(ctx.store, app, ctx.config.host_lost_after)
-        batches.item_finished(ctx.request.batch_id, ctx.request.revert_id, ctx.request.host, state)
-        batches.advance(ctx.request.batch_id)
+        Batches(ctx.store, app, ctx.config.host_lost_after).item_ended(
+            ctx.request.batch_id, ctx.request.revert_id, ctx.request.host, state)
 
 
 def succeeded(ctx: StepContext) -> None:

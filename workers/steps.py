@@ -66,8 +66,7 @@ class StepContext:
 
     def record(self, kind: str, **fields: Any) -> None:
         """Journal an entry and keep the folded state current."""
-        self.journal.append(kind, **fields)
-        self.state = self.journal.state()
+        self.state.apply(self.journal.append(kind, **fields))
 
     def intent(self, action: str, path: str | None = None) -> None:
         self.record("intent", action=action, path=path)

@@ -21,8 +21,19 @@ def test_fold_tracks_intents_claims_and_steps(tmp_path):
     assert state.claimed_files == ["/i/b.qcow2"]
     assert state.starts["stop"] == 1 and state.ended_steps["stop"] == {"destroyed": True}
     assert [j.revert_id for j in unfinished(tmp_path)] == ["r1"]
+    assert journal.marker.exists()
     journal.append("end", outcome=OUTCOME_ROLLED_BACK)
     assert journal.state().outcome == OUTCOME_ROLLED_BACK and unfinished(tmp_path) == []
+    assert not journal.marker.exists()  # finished journals are no longer scanned
+
+
+def test_state_applied_entry_by_entry_equals_the_fold(tmp_path):
+    journal = Journal(tmp_path, "r4")
+    state = journal.state()
+    for kind, fields in [("step", {"step": "stop", "status": "started"}), ("intent", {"action": "destroy"}),
+                         ("done", {"action": "destroy"}), ("memory", {"restore_xml": "<domain/>"})]:
+        state.apply(journal.append(kind, **fields))
+    assert state == journal.state()
 
 
 def test_a_torn_last_line_is_ignored(tmp_path):
